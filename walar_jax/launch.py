@@ -1,0 +1,87 @@
+"""Starting and stopping the sidecar services from the trainer environment.
+
+Each service runs in its own Python environment (see scripts/setup.sh); this module
+finds their interpreters, starts them on a free loopback port, waits for their
+health check and stops them again (also on errors and Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def venvs_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("WALAR_VENVS", REPO_ROOT / ".venv"))
+
+
+def env_python(role: str) -> str:
+    """The interpreter of the `trainer`, `rollout` or `reward` environment."""
+    exe = venvs_dir() / role / "bin" / "python"
+    if not exe.exists():
+        raise FileNotFoundError(
+            f"no {role} environment at {exe.parent.parent}: run scripts/setup.sh {role}"
+        )
+    return str(exe)
+
+
+class Service:
+    """A child process serving gRPC; `address` is valid once `start()` returns."""
+
+    def __init__(self, name: str, argv: list[str], *, log_path: str | None = None,
+                 env: dict[str, str] | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.address: str | None = None
+
+    def start(self, timeout_s: float = 600.0) -> "Service":
+        """Starts the process with `--port 0 --port_file F` appended and waits for F."""
+        port_file = tempfile.NamedTemporaryFile(prefix=f"{self.name}-port-", delete=False).name
+        os.unlink(port_file)
+        log = open(self.log_path, "ab") if self.log_path else None
+        env = {**os.environ, **(self.env or {})}
+        self.proc = subprocess.Popen(
+            [*self.argv, "--port", "0", "--port_file", port_file],
+            stdout=log or sys.stderr, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with code {self.proc.returncode} during start-up"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            if os.path.exists(port_file) and open(port_file).read().strip():
+                self.address = f"127.0.0.1:{open(port_file).read().strip()}"
+                os.unlink(port_file)
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{self.name} did not start serving within {timeout_s:.0f}s")
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> "Service":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
