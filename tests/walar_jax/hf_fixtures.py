@@ -1,0 +1,53 @@
+"""Tiny random `transformers` checkpoints in the real on-disk format, and the torch
+reference computation (torch is a test-only dependency of the trainer env)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def make_hf_qwen3(path, *, tie: bool, seed: int = 0, vocab: int = 384, layers: int = 2):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=10_000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=tie, max_position_embeddings=512,
+    )
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():  # spread the norm weights so a wrong mapping cannot hide
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    model.save_pretrained(str(path), safe_serialization=True)
+    return model
+
+
+def hf_token_logprobs(path_or_model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """log p(ids[:, t+1] | ids[:, :t+1]) from transformers, positions counted from each
+    row's first real token, as [B, T-1]."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = (AutoModelForCausalLM.from_pretrained(str(path_or_model), dtype=torch.float32)
+             if isinstance(path_or_model, (str, bytes)) or hasattr(path_or_model, "__fspath__")
+             else path_or_model)
+    ids_t = torch.tensor(ids)
+    mask_t = torch.tensor(mask)
+    pos = (mask_t.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=ids_t, attention_mask=mask_t, position_ids=pos).logits
+    lp = torch.log_softmax(logits.float(), -1)[:, :-1]
+    return lp.gather(-1, ids_t[:, 1:, None])[..., 0].numpy()
+
+
+def padded_batch(rng: np.random.Generator, vocab: int, lengths, T: int, left: bool):
+    ids = np.zeros((len(lengths), T), np.int64)
+    mask = np.zeros((len(lengths), T), np.int64)
+    for b, n in enumerate(lengths):
+        toks = rng.integers(1, vocab, n)
+        sl = slice(T - n, T) if left else slice(0, n)
+        ids[b, sl], mask[b, sl] = toks, 1
+    return ids, mask

@@ -1,0 +1,67 @@
+"""Declarative HF <-> JAX weight tables, used both ways.
+
+A table row names an HF tensor (with `{i}` for the layer index), the JAX parameter
+path, and how the array changes shape. The same rows load checkpoints, export them and
+name tensors for the rollout sidecar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    hf: str            # e.g. "model.layers.{i}.self_attn.q_proj.weight"
+    jax: str           # e.g. "layers.{i}.attn.q_proj"
+    # "copy": same layout; "linear": HF [out, in] <-> JAX [*in_dims, *out_dims], where the
+    # first `in_dims` axes of the JAX array are the HF input features.
+    kind: str = "copy"
+    in_dims: int = 1
+
+    def to_jax(self, hf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if self.kind == "copy":
+            return hf.reshape(shape)
+        return hf.T.reshape(shape)
+
+    def hf_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.kind == "copy":
+            return tuple(shape)
+        return (math.prod(shape[self.in_dims :]), math.prod(shape[: self.in_dims]))
+
+    def to_hf(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "copy":
+            return x
+        n_in = math.prod(x.shape[: self.in_dims])
+        return np.ascontiguousarray(x.reshape(n_in, -1).T)
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+class Table:
+    def __init__(self, rules: Iterable[Rule]):
+        self.rules = tuple(rules)
+        self._hf = [(_pattern(r.hf), r) for r in self.rules]
+        self._jax = [(_pattern(r.jax), r) for r in self.rules]
+
+    def from_hf(self, name: str) -> tuple[str, Rule] | None:
+        """JAX path and rule for an HF tensor name, or None if the table has no row."""
+        for pat, rule in self._hf:
+            m = pat.match(name)
+            if m:
+                return rule.jax.format(**m.groupdict()), rule
+        return None
+
+    def to_hf(self, path: str) -> tuple[str, Rule]:
+        for pat, rule in self._jax:
+            m = pat.match(path)
+            if m:
+                return rule.hf.format(**m.groupdict()), rule
+        raise KeyError(f"no HF name for parameter {path!r}")

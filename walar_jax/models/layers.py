@@ -1,0 +1,111 @@
+"""Layers shared by every family.
+
+Einsum letters: B batch, T query sequence, S key sequence, N query heads, K kv heads,
+G query heads per kv head (N = K*G), H head dim, D model dim, F ffn dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from walar_jax.models.config import ModelConfig
+from walar_jax.sharding import constrain
+
+NEG_INF = -1e30  # finite, so fully masked (padding) rows give a uniform softmax, not NaN
+
+
+def _init(rngs: nnx.Rngs, shape, fan_in: int, dtype) -> jax.Array:
+    return jax.random.normal(rngs.params(), shape, dtype) * (fan_in**-0.5)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in fp32 and scaled after casting back, as `transformers` does."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype, offset: float = 0.0):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype) - offset, axes=("norm",))
+        self.eps = eps
+        self.offset = offset
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (self.scale[...].astype(x.dtype) + self.offset) * xf.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
+    if cfg.rope_scaling is None:
+        return inv
+    # Llama 3: long wavelengths are divided by `factor`, short ones kept, a smooth ramp between.
+    factor, low, high, orig = cfg.rope_scaling
+    wavelen = 2 * jnp.pi / inv
+    smooth = (orig / wavelen - low) / (high - low)
+    scaled = (1 - smooth) * inv / factor + smooth * inv
+    inv = jnp.where(wavelen > orig / low, inv / factor, inv)
+    mid = (wavelen <= orig / low) & (wavelen >= orig / high)
+    return jnp.where(mid, scaled, inv)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotates [B, T, heads, H] by `positions` [B, T] (half-split layout, as HF)."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
+    sin = jnp.sin(angles)[:, :, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nnx.Param(_init(rngs, (D, N, H), D, param_dtype), axes=("embed", "q_heads", "head_dim"))
+        self.k_proj = nnx.Param(_init(rngs, (D, K, H), D, param_dtype), axes=("embed", "kv_heads", "head_dim"))
+        self.v_proj = nnx.Param(_init(rngs, (D, K, H), D, param_dtype), axes=("embed", "kv_heads", "head_dim"))
+        self.o_proj = nnx.Param(_init(rngs, (N, H, D), N * H, param_dtype), axes=("q_heads", "head_dim", "embed"))
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(H, cfg.rms_eps, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(H, cfg.rms_eps, param_dtype=param_dtype)
+        self.cfg = cfg
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+        cfg, dt = self.cfg, self.dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...].astype(dt))
+        k = jnp.einsum("BSD,DKH->BSKH", x, self.k_proj[...].astype(dt))
+        v = jnp.einsum("BSD,DKH->BSKH", x, self.v_proj[...].astype(dt))
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        inv_freq = rope_inv_freq(cfg)
+        q = constrain(apply_rope(q, positions, inv_freq), "batch", "length", "q_heads", None)
+        k = constrain(apply_rope(k, positions, inv_freq), "batch", "length", "kv_heads", None)
+        B, T, N, H = q.shape
+        K = cfg.n_kv_heads
+        q = q.reshape(B, T, K, N // K, H)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) * (H**-0.5)
+        scores = jnp.where(mask[:, None, None], scores, NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        out = constrain(out, "batch", "length", "q_heads", None)
+        return jnp.einsum("BTNH,NHD->BTD", out, self.o_proj[...].astype(dt))
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+        D, F = cfg.d_model, cfg.ffn_dim
+        self.gate_proj = nnx.Param(_init(rngs, (D, F), D, param_dtype), axes=("embed", "mlp"))
+        self.up_proj = nnx.Param(_init(rngs, (D, F), D, param_dtype), axes=("embed", "mlp"))
+        self.down_proj = nnx.Param(_init(rngs, (F, D), F, param_dtype), axes=("mlp", "embed"))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = self.dtype
+        gate = jnp.einsum("BTD,DF->BTF", x, self.gate_proj[...].astype(dt))
+        up = jnp.einsum("BTD,DF->BTF", x, self.up_proj[...].astype(dt))
+        h = constrain(jax.nn.silu(gate) * up, "batch", "length", "mlp")
+        return jnp.einsum("BTF,FD->BTD", h, self.down_proj[...].astype(dt))

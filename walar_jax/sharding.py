@@ -1,0 +1,130 @@
+"""Meshes, logical axis rules and sharding constraints.
+
+Every parameter carries logical axis names (its `axes` metadata); one rules table maps
+logical names to mesh axes (`data`, `fsdp`, `tensor`). Activation constraints go
+through `constrain`, which stays active on fake CPU devices so CPU tests catch
+sharding bugs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+log = logging.getLogger(__name__)
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axis (or tuple of axes, or None for replicated).
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("length", None),
+    ("act_embed", None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingCtx:
+    mesh: Mesh
+    rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = DEFAULT_RULES
+
+
+_CTX: contextvars.ContextVar[ShardingCtx | None] = contextvars.ContextVar("walar_sharding", default=None)
+
+
+@contextlib.contextmanager
+def use_sharding(ctx: ShardingCtx | None):
+    """Makes `constrain` active (with this mesh and rules) while tracing inside."""
+    token = _CTX.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CTX.reset(token)
+
+
+def current() -> ShardingCtx | None:
+    return _CTX.get()
+
+
+def make_mesh(shape: Mapping[str, int] | Sequence[int], devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one axis may be -1 to take the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [shape[a] for a in MESH_AXES] if isinstance(shape, Mapping) else list(shape)
+    if len(sizes) != 3:
+        raise ValueError(f"mesh needs 3 sizes for {MESH_AXES}, got {sizes}")
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
+    if -1 in sizes:
+        rest = math.prod(s for s in sizes if s != -1)
+        sizes[sizes.index(-1)] = len(devices) // rest
+    if math.prod(sizes) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+                         f"devices, {len(devices)} available")
+    grid = np.asarray(devices).reshape(sizes)
+    return Mesh(grid, MESH_AXES)
+
+
+def logical_to_spec(
+    axes: Sequence[str | None], shape: Sequence[int], ctx: ShardingCtx
+) -> P:
+    """Maps logical names to a PartitionSpec; a dimension the mesh axes do not divide
+    stays replicated (logged once per parameter by `param_shardings`)."""
+    rules = dict(ctx.rules)
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(axes, shape):
+        target = rules.get(name) if name else None
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        names = tuple(n for n in names if n not in used and ctx.mesh.shape[n] > 1)
+        size = math.prod(ctx.mesh.shape[n] for n in names)
+        if not names or dim % size:
+            spec.append(None)
+            continue
+        used.update(names)
+        spec.append(names[0] if len(names) == 1 else names)
+    return P(*spec)
+
+
+def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
+    """with_sharding_constraint by logical names; a no-op when no mesh is active."""
+    ctx = _CTX.get()
+    if ctx is None:
+        return x
+    spec = logical_to_spec(axes, x.shape, ctx)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(ctx.mesh, spec))
+
+
+def param_shardings(flat_abstract: Mapping[str, tuple[tuple, tuple]], ctx: ShardingCtx):
+    """{path: NamedSharding} from {path: (shape, logical_axes)}."""
+    out = {}
+    for path, (shape, axes) in flat_abstract.items():
+        if axes is None or len(axes) != len(shape):
+            raise ValueError(f"parameter {path} has no logical axes for shape {shape}")
+        out[path] = NamedSharding(ctx.mesh, logical_to_spec(axes, shape, ctx))
+    return out
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+    """Multi-host start-up through jax.distributed (auto-detected on TPU/SLURM when the
+    arguments are None)."""
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+             jax.process_index(), jax.process_count(), jax.local_device_count(),
+             jax.device_count())
