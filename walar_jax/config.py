@@ -1,0 +1,59 @@
+"""Command-line configuration: `--config=configs/x.py[:arg]` plus `--config.a.b=value`.
+
+The config file's `get_config(arg)` returns an ml_collections.ConfigDict; overrides of
+keys that do not exist fail. The resolved config is logged and saved in the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+log = logging.getLogger(__name__)
+
+
+def parse(argv: Sequence[str], *, extra_flags=None) -> tuple[ml_collections.ConfigDict, flags.FlagValues]:
+    """Parses argv (argv[0] is the program) into a locked, resolved config."""
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file (path[:arg])", flag_values=fv,
+                                    lock_config=True, sys_argv=list(argv))
+    flags.DEFINE_string("workdir", None, "work directory (checkpoints, exports, metrics)",
+                        flag_values=fv)
+    for define in extra_flags or ():
+        define(fv)
+    try:
+        fv(list(argv))
+    except flags.Error as e:
+        raise SystemExit(f"error: {e}") from None
+    except (AttributeError, KeyError) as e:  # ml_collections: override of a missing key
+        raise SystemExit(f"error: unknown config key in an override: {e}") from None
+    if fv.config is None:
+        raise SystemExit("error: --config=configs/<name>.py is required")
+    return fv.config, fv
+
+
+def load(path_and_arg: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """The same config as `--config=path_and_arg --config.k=v ...`, from code (tests)."""
+    argv = ["prog", f"--config={path_and_arg}"]
+    argv += [f"--config.{k}={_flag_value(v)}" for k, v in (overrides or {}).items()]
+    return parse(argv)[0]
+
+
+def _flag_value(v) -> str:
+    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+
+
+def save(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Writes the resolved config as JSON in the work directory and logs it."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    with open(path, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    log.info("resolved config (saved to %s):\n%s", path, config)
+    return path
