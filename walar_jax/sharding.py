@@ -118,6 +118,24 @@ def param_shardings(flat_abstract: Mapping[str, tuple[tuple, tuple]], ctx: Shard
     return out
 
 
+def optimizer_shardings(opt_state, params, param_shardings, mesh: Mesh):
+    """Shardings for an optax state: every sub-tree shaped like `params` (Adam's moments)
+    takes the parameters' shardings; everything else (step counts) is replicated."""
+    p_def = jax.tree.structure(params)
+    rep = NamedSharding(mesh, P())
+
+    def visit(node):
+        if jax.tree.structure(node) == p_def:
+            return param_shardings
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            return type(node)(*[visit(c) for c in node])
+        if isinstance(node, (tuple, list)):
+            return type(node)(visit(c) for c in node)
+        return jax.tree.map(lambda _: rep, node)
+
+    return visit(opt_state)
+
+
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
     """Multi-host start-up through jax.distributed (auto-detected on TPU/SLURM when the

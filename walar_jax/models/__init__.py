@@ -80,6 +80,17 @@ def shardings_for(model: Transformer, mesh) -> dict[str, jax.sharding.Sharding]:
     )
 
 
+def _path_str(path) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def sharding_tree(model: Transformer, mesh):
+    """Shardings in the structure of `nnx.to_pure_dict(nnx.state(model))`, for jit."""
+    shards = shardings_for(model, mesh)
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return jax.tree_util.tree_map_with_path(lambda p, _: shards[_path_str(p)], pure)
+
+
 def log_model(model: Transformer, shardings: dict[str, jax.sharding.Sharding]) -> None:
     n = sum(int(np.prod(v.shape)) for v in flat_params(model).values())
     log.info("model %s: %s parameters (%.2f B)", model.cfg.family, f"{n:,}", n / 1e9)
