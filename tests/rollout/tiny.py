@@ -1,0 +1,111 @@
+"""A tiny random Qwen3 in the real HF on-disk format, for sidecar tests and benchmarks.
+
+Uses `walar_jax.models.tiny.make_tiny_checkpoint` when the JAX side provides it (same
+files the trainer exports); otherwise builds one with `transformers` and a byte-level
+BPE tokenizer trained in-process. Runs in the rollout and the trainer environment.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+CORPUS = [
+    "Translate the following sentence into French: the cat sleeps on the warm mat.",
+    "Le chat dort sur le tapis chaud. Der Hund läuft schnell nach Hause.",
+    "Kiswahili ni lugha ya Afrika Mashariki. Habari za asubuhi, rafiki yangu.",
+    "Numbers 0123456789 and punctuation .,;:!?()[]{}<>\"' are part of every text.",
+]
+
+
+def _train_tokenizer(out: pathlib.Path, vocab_size: int) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    tok.save(str(out / "tokenizer.json"))
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "model_max_length": 4096,
+        "chat_template": QWEN3_CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1))
+    return tok.get_vocab_size()
+
+
+def make_tiny_qwen3(
+    out_dir: str | pathlib.Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    intermediate_size: int = 128,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    vocab_size: int = 512,
+    tie_word_embeddings: bool = False,
+) -> pathlib.Path:
+    """Writes config.json, model.safetensors (fp32) and a tokenizer; returns the dir."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_tok = _train_tokenizer(out, vocab_size)
+    specials = json.loads((out / "tokenizer.json").read_text())["added_tokens"]
+    ids = {t["content"]: t["id"] for t in specials}
+    config = Qwen3Config(
+        vocab_size=max(vocab_size, n_tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads * 2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        # Default init (std 0.02) gives near-uniform next-token distributions; larger
+        # weights make greedy outputs depend visibly on the parameters.
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0.0, 0.15)
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def tiny_checkpoint(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """The project's tiny checkpoint when the JAX side exports one, else ours."""
+    try:
+        from walar_jax.models.tiny import make_tiny_checkpoint
+    except ImportError:
+        return make_tiny_qwen3(out_dir, seed=seed)
+    make_tiny_checkpoint(str(out_dir), seed=seed)
+    return pathlib.Path(out_dir)
