@@ -1,0 +1,192 @@
+"""Client of the reward service (reward/server.py) for the trainer and evaluate.py.
+
+`RewardClient(["host:port", ...]).score(items)` splits a batch across the servers, calls
+them in parallel with deadlines and retries (transient failures only, with jittered
+backoff, and failover to another server), and returns every item's reward and its parts.
+It raises a typed error instead of ever returning a reward the server did not compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from protos import reward_pb2, reward_pb2_grpc
+from walar_jax.clients.common import (
+    ServiceError,
+    ServiceUnavailableError,
+    auth_metadata,
+    call_with_retries,
+    make_channel,
+)
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ("source", "hypothesis", "src_lang", "tgt_lang")
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemReward:
+    """One item's reward and the parts it was made of (see protos/reward.proto)."""
+
+    reward: float
+    status: str  # OK, EMPTY_TEXT, INVALID_TEXT, TOO_LONG, ITEM_ERROR
+    status_detail: str
+    language_ok: bool
+    detected_lang: str
+    gate_skipped: bool
+    qe: float | None
+    align_f1: float | None
+    masked_hypothesis: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardBatch:
+    items: list[ItemReward]
+    metrics: dict[str, float]
+
+    @property
+    def rewards(self) -> list[float]:
+        return [it.reward for it in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> ItemReward:
+        return self.items[i]
+
+
+def batch_metrics(items: Sequence[ItemReward]) -> dict[str, float]:
+    """Same definitions as the server's, so split batches merge exactly."""
+    qe = [it.qe for it in items if it.qe is not None]
+    f1 = [it.align_f1 for it in items if it.align_f1 is not None]
+    n = len(items)
+    return {
+        "n_items": n,
+        "mean_qe": sum(qe) / len(qe) if qe else math.nan,
+        "gate_penalised_share": sum(it.ok and not it.language_ok for it in items) / n,
+        "mean_align_f1": sum(f1) / len(f1) if f1 else math.nan,
+        "n_bad_items": sum(not it.ok for it in items),
+        "n_gate_skipped": sum(it.gate_skipped for it in items),
+    }
+
+
+def _to_proto(i: int, item: Mapping) -> reward_pb2.Item:
+    if not isinstance(item, Mapping):
+        raise TypeError(f"item {i} is a {type(item).__name__}, expected a dict")
+    for key in REQUIRED:
+        if key not in item:
+            raise ValueError(f"item {i} has no {key!r} (needs {', '.join(REQUIRED)})")
+        if not isinstance(item[key], str):
+            raise TypeError(f"item {i} {key!r} is a {type(item[key]).__name__}, expected str")
+    ref = item.get("reference")
+    if ref is not None and not isinstance(ref, str):
+        raise TypeError(f"item {i} 'reference' is a {type(ref).__name__}, expected str")
+
+    # surrogatepass: text that is not valid Unicode reaches the server, which reports it
+    # as that item's INVALID_TEXT instead of the whole batch failing to serialise here.
+    def enc(s: str) -> bytes:
+        return s.encode("utf-8", "surrogatepass")
+
+    msg = reward_pb2.Item(source=enc(item["source"]), hypothesis=enc(item["hypothesis"]),
+                          src_lang=item["src_lang"], tgt_lang=item["tgt_lang"])
+    if ref is not None:
+        msg.reference = enc(ref)
+    return msg
+
+
+def _from_proto(r: reward_pb2.ItemResult, address: str) -> ItemReward:
+    if r.status == reward_pb2.ITEM_STATUS_UNSPECIFIED:
+        raise ServiceError(f"{address} returned an item without a status", address=address)
+    return ItemReward(
+        reward=r.reward, status=reward_pb2.ItemStatus.Name(r.status),
+        status_detail=r.status_detail, language_ok=r.language_ok,
+        detected_lang=r.detected_lang, gate_skipped=r.gate_skipped,
+        qe=r.qe if r.HasField("qe") else None,
+        align_f1=r.align_f1 if r.HasField("align_f1") else None,
+        masked_hypothesis=r.masked_hypothesis)
+
+
+class RewardClient:
+    """Scores batches on one or more reward servers."""
+
+    def __init__(self, addresses: Sequence[str] | str, *, token: str | None = None,
+                 timeout_s: float = 300.0, max_attempts: int = 5, base_delay_s: float = 0.5,
+                 tls_root_cert: str | None = None):
+        addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        if not addresses:
+            raise ValueError("RewardClient needs at least one address")
+        self.addresses = addresses
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.base_delay_s = base_delay_s
+        self._metadata = auth_metadata(token)
+        self._channels = [make_channel(a, tls_root_cert=tls_root_cert) for a in addresses]
+        self._stubs = [reward_pb2_grpc.RewardStub(c) for c in self._channels]
+        self._pool = ThreadPoolExecutor(max_workers=len(addresses))
+
+    def _call(self, k: int, method: str, request):
+        stub = self._stubs[k]
+        return call_with_retries(
+            lambda: getattr(stub, method)(request, timeout=self.timeout_s,
+                                          metadata=self._metadata),
+            address=self.addresses[k], what=f"Reward.{method}",
+            max_attempts=self.max_attempts, base_delay_s=self.base_delay_s)
+
+    def _score_chunk(self, k: int, items: list[reward_pb2.Item]) -> list[ItemReward]:
+        """Scores on server k; if it stays unreachable, fails over to the others."""
+        request = reward_pb2.ScoreRequest(items=items)
+        errors = []
+        for j in [k, *[j for j in range(len(self.addresses)) if j != k]]:
+            try:
+                response = self._call(j, "Score", request)
+            except ServiceUnavailableError as err:
+                errors.append(str(err))
+                log.warning("%s; failing over", err)
+                continue
+            if len(response.results) != len(items):
+                raise ServiceError(f"{self.addresses[j]} returned {len(response.results)} "
+                                   f"results for {len(items)} items", address=self.addresses[j])
+            return [_from_proto(r, self.addresses[j]) for r in response.results]
+        raise ServiceUnavailableError("no reward server could score the batch: "
+                                      + " | ".join(errors))
+
+    def score(self, items: Sequence[Mapping]) -> RewardBatch:
+        """Rewards for dicts with source, hypothesis, src_lang, tgt_lang (and optionally
+        reference). Raises InvalidRequestError, AuthenticationError,
+        ServiceUnavailableError or ServiceError; never returns invented rewards."""
+        if not items:
+            raise ValueError("score() needs at least one item")
+        protos = [_to_proto(i, it) for i, it in enumerate(items)]
+        n_chunks = min(len(self.addresses), len(protos))
+        bounds = [len(protos) * c // n_chunks for c in range(n_chunks + 1)]
+        futures = [self._pool.submit(self._score_chunk, c, protos[bounds[c]:bounds[c + 1]])
+                   for c in range(n_chunks)]
+        out = [r for f in futures for r in f.result()]
+        return RewardBatch(items=out, metrics=batch_metrics(out))
+
+    def health(self) -> list[dict]:
+        """Each server's health response as a dict (raises if one is unreachable)."""
+        out = []
+        for k in range(len(self.addresses)):
+            h = self._call(k, "Health", reward_pb2.HealthRequest())
+            out.append({f.name: getattr(h, f.name) for f in h.DESCRIPTOR.fields})
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for c in self._channels:
+            c.close()
+
+    def __enter__(self) -> "RewardClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
