@@ -1,0 +1,81 @@
+"""Translation prompts per model family, and extraction of the translation from an
+answer. One module, used by the trainer (to build rollout prompts) and evaluate.py."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+from walar_jax.launch import REPO_ROOT
+
+# FLORES-200 code -> English name; the table also serves the reward service's registry.
+LANGUAGE_TABLE = os.path.join(REPO_ROOT, "reward", "flores200.tsv")
+
+ALPACA = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\nTranslate the following sentences from {src} to {tgt}.\n\n"
+    "### Input:\n{text}\n\n### Response:"
+)
+INSTRUCTION = "Translate the following text from {src} into {tgt}.\n{src}: {text}\n{tgt}:"
+PLAIN = "{src}: {text}\n{tgt}:"
+TEMPLATES = ("chat", "alpaca", "plain")
+
+
+@functools.cache
+def _names() -> dict[str, str]:
+    names = {}
+    with open(LANGUAGE_TABLE, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            code, name, *_ = line.rstrip("\n").split("\t")
+            names[code] = name
+    return names
+
+
+def language_name(code: str) -> str:
+    """English name of a FLORES-200 code (`swh_Latn` -> Swahili); names pass through."""
+    names = _names()
+    if code in names:
+        return names[code]
+    if "_" in code:
+        raise ValueError(f"unknown FLORES-200 language code {code!r}")
+    return code
+
+
+def default_template(family: str) -> str:
+    return {"qwen3": "chat", "llama3": "alpaca", "gemma3": "chat"}.get(family, "plain")
+
+
+def build_prompt(text: str, src: str, tgt: str, *, template: str, tokenizer=None) -> str:
+    """The prompt string the policy sees. `chat` applies the tokenizer's chat template
+    (thinking disabled for Qwen3) to a one-turn instruction; `alpaca` is LLaMAX's format."""
+    fields = dict(text=text.strip(), src=language_name(src), tgt=language_name(tgt))
+    if template == "alpaca":
+        return ALPACA.format(**fields)
+    if template == "plain":
+        return PLAIN.format(**fields)
+    if template != "chat":
+        raise ValueError(f"unknown prompt template {template!r}; one of {TEMPLATES}")
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("template 'chat' needs a tokenizer with a chat template")
+    messages = [{"role": "user", "content": INSTRUCTION.format(**fields)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=False)
+
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
+
+
+def extract_translation(answer: str, tgt: str | None = None) -> str:
+    """The translation inside an answer: drops think blocks, a repeated `Target:` label,
+    and anything after a new instruction header or a blank-line-separated note."""
+    text = _THINK.sub("", answer).strip()
+    if tgt:
+        label = language_name(tgt) + ":"
+        if text.startswith(label):
+            text = text[len(label):].strip()
+    text = re.split(r"\n\s*###|\n\s*\n", text, maxsplit=1)[0]
+    return text.strip()
