@@ -117,6 +117,12 @@ class ShmTransport:
         except FileNotFoundError:
             pass
 
+    def __enter__(self) -> "ShmTransport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class GrpcTransport:
     """Streams the bytes inside UpdateWeights messages of at most `chunk_bytes`."""

@@ -1,0 +1,122 @@
+"""The sidecar's weight receiver without an engine: checkpoint table, validation,
+digests, staging and zero-copy mapping of the trainer's segment (rollout env)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from rollout import weights as W
+from tests.rollout.tiny import make_tiny_qwen3
+from walar_jax import weight_sync
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_tiny_qwen3(tmp_path_factory.mktemp("tiny"))
+
+
+def _specs(header) -> list[W.Spec]:
+    return [W.Spec(t.name, t.dtype, tuple(t.shape), t.offset, t.nbytes) for t in header.tensors]
+
+
+def test_checkpoint_table_matches_safetensors(ckpt):
+    table = W.read_checkpoint_table(ckpt)
+    ref = load_file(str(ckpt / "model.safetensors"))
+    assert set(table) == set(ref)
+    for name, arr in ref.items():
+        assert table[name].shape == arr.shape and table[name].dtype == "float32"
+        assert table[name].nbytes == arr.nbytes
+
+
+def test_segment_of_checkpoint_tensors_has_the_checkpoint_digest(ckpt):
+    ref = load_file(str(ckpt / "model.safetensors"))
+    with weight_sync.ShmTransport() as t:
+        header = list(t.messages(iter(ref.items()), None))[0].header
+        specs = _specs(header)
+        W.validate(specs, W.read_checkpoint_table(ckpt), os.path.getsize(t.path))
+        assert W.segment_digest(t.path, specs) == W.checkpoint_digest(ckpt)
+        name = "model.norm.weight"
+        ref[name] = ref[name] + np.float32(1e-3)  # one changed tensor changes the digest
+        header = list(t.messages(iter(ref.items()), None))[0].header
+        assert W.segment_digest(t.path, _specs(header)) != W.checkpoint_digest(ckpt)
+
+
+def test_validate_names_every_problem_and_refuses(ckpt):
+    table = W.read_checkpoint_table(ckpt)
+    good = [W.Spec(s.name, "float32", s.shape, 0, s.nbytes) for s in table.values()]
+    W.validate(good, table, None)
+    cases = {
+        "missing 1 tensors: model.norm.weight": [s for s in good if s.name != "model.norm.weight"],
+        "shape [3] != checkpoint [64]": [
+            W.Spec(s.name, s.dtype, (3,), 0, 12) if s.name == "model.norm.weight" else s
+            for s in good
+        ],
+        "unexpected tensor lm_head.bias": good + [W.Spec("lm_head.bias", "float32", (4,), 0, 16)],
+        "duplicate tensor model.norm.weight": good + [table["model.norm.weight"]],
+        "unsupported dtype 'int8'": [
+            W.Spec(s.name, "int8", s.shape, 0, 1) if s.name == "model.norm.weight" else s
+            for s in good
+        ],
+        "past segment end": good,
+    }
+    for reason, specs in cases.items():
+        size = 100 if reason == "past segment end" else None
+        with pytest.raises(W.UpdateRefused, match="old weights stay live") as err:
+            W.validate(specs, table, size)
+        assert reason in str(err.value)
+
+
+def test_only_our_shm_segments_are_mapped(tmp_path):
+    for bad in ["/etc/passwd", "/dev/shm/../etc/passwd", str(tmp_path / "walar-weights-x")]:
+        with pytest.raises(W.UpdateRefused, match="shm_path must be"):
+            W.resolve_shm_path(bad)
+    with pytest.raises(W.UpdateRefused, match="does not exist"):
+        W.resolve_shm_path("/dev/shm/walar-weights-nonexistent-0")
+
+
+def test_segment_tensors_are_views_of_the_mapping_not_copies(ckpt):
+    ref = load_file(str(ckpt / "model.safetensors"))
+    with weight_sync.ShmTransport() as t:
+        specs = _specs(list(t.messages(iter(ref.items()), None))[0].header)
+        views = dict(W.iter_segment(t.path, specs))
+        maps = open("/proc/self/maps").read().splitlines()
+        spans = [tuple(int(x, 16) for x in line.split()[0].split("-"))
+                 for line in maps if line.endswith(t.path)]
+        assert spans, "segment not mapped"
+        for name, arr in ref.items():
+            v = views[name]
+            assert any(lo <= v.data_ptr() < hi for lo, hi in spans), name
+            torch.testing.assert_close(v, torch.from_numpy(arr), rtol=0, atol=0)
+
+
+def test_grpc_staging_segment_grows_and_is_removed():
+    s = W.StagingSegment()
+    try:
+        s.write(0, b"a" * 10)
+        s.write(100, b"b" * 5)
+        data = open(s.path, "rb").read()
+        assert data[:10] == b"a" * 10 and data[100:105] == b"b" * 5 and s.size >= 105
+    finally:
+        s.close()
+    assert not s.path.exists()
+
+
+@pytest.mark.parametrize("flags, reason", [
+    (["--host", "0.0.0.0"], "only loopback is allowed without --allow_remote"),
+    (["--host", "0.0.0.0", "--allow_remote"], "requires --token"),
+])
+def test_server_refuses_a_wide_bind_before_loading_the_model(flags, reason):
+    proc = subprocess.run(
+        [sys.executable, "rollout_server.py", "--model", "/nonexistent", *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0 and reason in proc.stderr
