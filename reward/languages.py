@@ -139,8 +139,7 @@ def resolve(text: str) -> Language:
     key = text.strip().replace("-", "_")
     lang = _index().get(key.lower())
     if lang is None and re.fullmatch(r"[a-z]{3}_[A-Z][a-z]{3}", key):  # e.g. cmn_Hans
-        lang = _pick(*key.split("_"))
-        lang = lang if lang is not None and lang.script == key.split("_")[1] else None
+        lang = _pick(*key.split("_"))  # same group, same or compatible script
     if lang is None:
         raise UnknownLanguageError(
             f"unknown language {text!r}: use a FLORES-200 code (swh_Latn), an ISO 639-1/3 "

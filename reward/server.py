@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lid_languages", default=None,
                    help="comma-separated labels MaskLID may choose from (default: all)")
     p.add_argument("--masklid", action=b, default=True, help="MaskLID code-mix filter")
+    p.add_argument("--masklid_beta", type=int, default=20, help="MaskLID beta (WALAR: 20)")
+    p.add_argument("--masklid_alpha", type=int, default=3, help="MaskLID alpha (WALAR: 3)")
     p.add_argument("--masklid_min_share", type=float, default=0.94,
                    help="target-language character share needed to pass the gate")
     p.add_argument("--align", action=b, default=True, help="alignment F1 term")
@@ -95,7 +97,8 @@ def build_scorer(args: argparse.Namespace) -> RewardScorer:
         log.info("language gate: %s (%s labels, %d candidates%s)", path, lid_model.style,
                  len(lid_model.index), ", quantized" if lid_model.quantized else "")
         if args.masklid:
-            masklid = lid.MaskLID(lid_model)
+            masklid = lid.MaskLID(lid_model, lid.MaskLIDParams(beta=args.masklid_beta,
+                                                               alpha=args.masklid_alpha))
             log.info("MaskLID: %s, min share %.2f", "exact" if masklid.exact else
                      "per-word fallback (quantized model has no output matrix)",
                      args.masklid_min_share)

@@ -1,0 +1,96 @@
+"""Fixtures for the reward-service tests (run in the reward env:
+`.venv/reward/bin/python -m pytest tests/reward`). Every model is built here, offline."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for path in (str(HERE), str(REPO)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import pytest  # noqa: E402
+
+import tiny_models  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if not tiny_models.FLORES.is_dir():
+        skip = pytest.mark.skip(reason=f"FLORES data not found at {tiny_models.FLORES}")
+        for item in items:
+            if "flores" in item.fixturenames:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def flores() -> pathlib.Path:
+    return tiny_models.FLORES
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def glotlid_path(models_dir, flores) -> str:
+    return str(tiny_models.train_glotlid_style(models_dir))
+
+
+@pytest.fixture(scope="session")
+def glotlid(glotlid_path):
+    from reward.lid import FastTextLID
+
+    return FastTextLID(glotlid_path)
+
+
+@pytest.fixture(scope="session")
+def lid176():
+    from reward.lid import FastTextLID
+    from reward.server import default_lid_model
+
+    return FastTextLID(default_lid_model())
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    from reward.qe import default_embed_model
+
+    return default_embed_model()
+
+
+@pytest.fixture(scope="session")
+def aligner(minilm_path):
+    from reward.align import Aligner
+
+    return Aligner(minilm_path, device="cpu", batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def segmenter():
+    from reward.segment import Segmenter
+
+    return Segmenter()
+
+
+@pytest.fixture(scope="session")
+def embed_qe(minilm_path):
+    from reward.qe import EmbedQE
+
+    return EmbedQE(minilm_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def metricx_dirs(models_dir, flores) -> tuple[str, str]:
+    return tiny_models.build_metricx(models_dir)
+
+
+@pytest.fixture(scope="session")
+def xcomet_dir(models_dir, flores) -> str:
+    return tiny_models.build_xcomet(models_dir)

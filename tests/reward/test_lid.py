@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+
+from reward.languages import resolve
+from reward.lid import MaskLID, MaskLIDParams
+from tiny_models import flores_codes, flores_lines
+
+
+def _code_mixed(n: int, first: str = "fra_Latn", second: str = "eng_Latn"):
+    """First half of a sentence in `first`, second half of the same sentence in `second`."""
+    out = []
+    for a, b in zip(flores_lines("devtest", first, n), flores_lines("devtest", second, n)):
+        wa, wb = a.split(), b.split()
+        out.append((wa[: len(wa) // 2], wb[len(wb) // 2:]))
+    return out
+
+
+def test_glotlid_style_model_identifies_flores_devtest(glotlid):
+    assert glotlid.style == "glotlid" and not glotlid.quantized
+    codes = flores_codes("devtest")
+    hits = [key.display == code for code in codes
+            for key, _ in glotlid.predict(flores_lines("devtest", code, 20))]
+    assert np.mean(hits) > 0.95
+
+
+def test_lid176_is_quantized_and_cannot_label_wolof(lid176):
+    assert lid176.style == "lid176" and lid176.quantized
+    assert lid176.can_label(resolve("swh_Latn")) and not lid176.can_label(resolve("wol_Latn"))
+    (key, prob), = lid176.predict(["Le chat est assis sur le tapis\net il dort."])
+    assert key.display == "fra_Latn" and prob > 0.5
+
+
+def test_label_style_flag_is_checked(glotlid_path):
+    from reward.lid import FastTextLID
+
+    with pytest.raises(ValueError, match="lid176"):
+        FastTextLID(glotlid_path, labels="lid176")
+
+
+def test_masklid_word_logits_and_sentence_softmax_are_exact(glotlid):
+    """Per-word ranks from the vectorised matrices equal fastText's own vectors, one word
+    at a time; the sentence softmax equals fastText's predict."""
+    m = MaskLID(glotlid)
+    words = flores_lines("devtest", "fra_Latn", 1)[0].split()[:12]
+    ranks = m.word_ranks(words)
+    out = glotlid.model.get_output_matrix()
+    for w, word in enumerate(words):
+        vec = sum(glotlid.model.get_input_vector(i) for i in glotlid.model.get_subwords(word)[1])
+        order = np.argsort(-(out @ vec), kind="stable")
+        assert list(np.argsort(ranks[w])) == list(order)
+    text = m.normalise(flores_lines("devtest", "deu_Latn", 1)[0])
+    top, prob = m._sentence_top(text)
+    labels, probs = glotlid.model.predict(text, k=1)
+    # fastText's predict reports exp(log(p + 1e-5)): equal up to that offset.
+    assert glotlid.raw_labels[top] == labels[0] and prob == pytest.approx(probs[0], abs=1.1e-5)
+
+
+def _reference_masklid(model, text: str, p: MaskLIDParams) -> dict[str, list[int]]:
+    """The published algorithm in its plain dict form (one word at a time), as an oracle."""
+    labels = model.get_labels()
+    out_m = model.get_output_matrix()
+
+    def top(t):
+        logits = out_m @ model.get_sentence_vector(t)
+        e = np.exp(logits - logits.max())
+        e /= e.sum()
+        return labels[int(np.argmax(e))], float(e.max())
+
+    words = [w for w in model.get_line(text)[0] if w != "</s>"]
+    order = {}
+    for i, w in enumerate(words):
+        vec = sum(model.get_input_vector(s) for s in model.get_subwords(w)[1])
+        order[i] = [labels[j] for j in np.argsort(-(out_m @ vec), kind="stable")]
+    beta, alpha, index, retry, info = p.beta, p.alpha, 0, 0, {}
+    while index < p.max_lambda and retry < p.max_retry:
+        label, _ = top(text)
+        prev = text
+        masked = {k: v for k, v in order.items() if label in v[:beta]}
+        order = {k: v for k, v in order.items() if label not in v[:alpha]}
+        masked_text = " ".join(words[k] for k in masked)
+        text = " ".join(words[k] for k in order)
+        if len(masked_text.encode()) > p.min_length or index == 0:
+            t_label, t_prob = top(masked_text)
+            if (t_prob > p.min_prob and t_label == label) or index == 0:
+                info.setdefault(label, set()).update(masked)
+                index += 1
+            else:
+                text, beta, alpha, retry = prev, beta + p.beta_step, alpha + p.alpha_step, retry + 1
+        else:
+            text, beta, alpha, retry = prev, beta + p.beta_step, alpha + p.alpha_step, retry + 1
+        if len(text.encode()) < p.min_length:
+            break
+    return {k: sorted(v) for k, v in info.items()}
+
+
+@pytest.mark.parametrize("params", [MaskLIDParams(), MaskLIDParams(beta=3, alpha=1)])
+def test_masklid_matches_the_reference_algorithm(glotlid, params):
+    m = MaskLID(glotlid, params)
+    for fr, en in _code_mixed(15):
+        text = m.normalise(" ".join(fr + en))
+        words, parts = m.split(text)
+        got = {glotlid.raw_labels[glotlid.index[k]]: v for k, v in parts.items()}
+        assert got == _reference_masklid(glotlid.model, text, params), text
+
+
+def test_masklid_keeps_target_words_of_code_mixed_sentences(glotlid):
+    """French first half + English second half, target French: MaskLID keeps most French
+    words and drops most English ones (beta/alpha scaled to this model's 26 labels)."""
+    m = MaskLID(glotlid, MaskLIDParams(beta=3, alpha=1))
+    kept_fr = kept_en = n_fr = n_en = 0
+    for fr, en in _code_mixed(40):
+        kept, share = m.target_part(" ".join(fr + en), resolve("fra_Latn"))
+        kept_words = set(kept.split())
+        only_fr, only_en = [w for w in fr if w not in en], [w for w in en if w not in fr]
+        kept_fr += sum(w in kept_words for w in only_fr)
+        kept_en += sum(w in kept_words for w in only_en)
+        n_fr, n_en = n_fr + len(only_fr), n_en + len(only_en)
+        assert share < 0.94  # a half-translated sentence never passes WALAR's gate
+    assert kept_fr / n_fr > 0.55 and kept_en / n_en < 0.4
+    assert kept_fr / n_fr > 1.8 * kept_en / n_en
+
+
+def test_masklid_walar_defaults_pass_clean_text_and_fail_wrong_language(glotlid):
+    m = MaskLID(glotlid)
+    fra = resolve("fra_Latn")
+    clean = [m.target_part(s, fra)[1] for s in flores_lines("devtest", "fra_Latn", 30)]
+    wrong = [m.target_part(s, fra)[1] for s in flores_lines("devtest", "swh_Latn", 30)]
+    assert np.mean(np.array(clean) >= 0.94) >= 0.85  # a tiny model: some false alarms
+    assert max(wrong) < 0.94
+
+
+def test_masklid_fallback_on_quantized_lid176(lid176):
+    m = MaskLID(lid176)
+    assert not m.exact
+    fra = resolve("fra_Latn")
+    clean = [m.target_part(s, fra)[1] for s in flores_lines("devtest", "fra_Latn", 20)]
+    wrong = [m.target_part(s, fra)[1] for s in flores_lines("devtest", "eng_Latn", 20)]
+    assert np.mean(np.array(clean) >= 0.94) > 0.8
+    assert max(wrong) < 0.94
+    assert m.target_part("12345 ###", fra) == ("", 0.0)  # nothing left after normalising

@@ -1,0 +1,111 @@
+"""Tiny random models of the real architectures, saved in the real on-disk formats, for
+offline tests: a GlotLID-style fastText trained on FLORES dev, SentencePiece tokenizers
+trained here, an MT5-for-regression (MetricX-24 layout) and an xCOMET over a tiny XLM-R."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+
+FLORES = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "flores200"
+
+
+def flores_lines(split: str, code: str, n: int | None = None) -> list[str]:
+    lines = (FLORES / split / f"{code}.txt").read_text(encoding="utf-8").splitlines()
+    return lines[:n] if n else lines
+
+
+def flores_codes(split: str = "dev") -> list[str]:
+    return sorted(p.stem for p in (FLORES / split).glob("*_*.txt"))
+
+
+def train_glotlid_style(out: pathlib.Path) -> pathlib.Path:
+    """An unquantized fastText LID with `__label__eng_Latn` labels, on FLORES dev."""
+    import fasttext
+
+    train = out / "lid_train.txt"
+    with train.open("w", encoding="utf-8") as f:
+        for code in flores_codes("dev"):
+            for line in flores_lines("dev", code):
+                f.write(f"__label__{code} {line}\n")
+    model = fasttext.train_supervised(str(train), dim=16, epoch=15, lr=1.0, minn=2, maxn=4,
+                                      bucket=200_000, thread=1, verbose=0, seed=0)
+    path = out / "glotlid_tiny.bin"
+    model.save_model(str(path))
+    return path
+
+
+def train_spm(out: pathlib.Path, name: str, *, mt5_ids: bool, vocab_size: int = 800) -> str:
+    """A unigram SentencePiece model on a few FLORES languages. mt5_ids: pad 0, eos 1,
+    unk 2 like mT5; otherwise the defaults XLM-R's tokenizer expects."""
+    import sentencepiece as spm
+
+    text = [line for code in ("eng_Latn", "fra_Latn", "swh_Latn", "deu_Latn")
+            for line in flores_lines("dev", code, 200)]
+    buf = io.BytesIO()
+    ids = dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1) if mt5_ids else {}
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=buf,
+                                   vocab_size=vocab_size, model_type="unigram",
+                                   character_coverage=0.9995, num_threads=1, **ids)
+    path = out / f"{name}.model"
+    path.write_bytes(buf.getvalue())
+    return str(path)
+
+
+def build_metricx(out: pathlib.Path) -> tuple[str, str]:
+    """(model dir, tokenizer dir) of a tiny random MT5ForRegression."""
+    import torch
+    from transformers import MT5Config, T5Tokenizer
+
+    from reward.qe import MT5ForRegression
+
+    tok_dir = out / "mt5_tokenizer"
+    tok = T5Tokenizer(vocab_file=train_spm(out, "mt5_spm", mt5_ids=True), extra_ids=20)
+    tok.save_pretrained(tok_dir)
+    config = MT5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                       num_decoder_layers=1, num_heads=4, decoder_start_token_id=0,
+                       pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    config.metricx_score_token = tok.convert_tokens_to_ids("<extra_id_10>")
+    torch.manual_seed(0)
+    model = MT5ForRegression(config)  # random score logits land around 5..8 (inside 0..25)
+    model_dir = out / "metricx_tiny"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    return str(model_dir), str(tok_dir)
+
+
+def build_xlmr(out: pathlib.Path) -> str:
+    """A tiny random XLM-R (model + SentencePiece tokenizer) as a local HF directory."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
+
+    path = out / "xlmr_tiny"
+    tok = XLMRobertaTokenizer(vocab_file=train_spm(out, "xlmr_spm", mt5_ids=False))
+    tok.save_pretrained(path)
+    config = XLMRobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=64,
+                              max_position_embeddings=514, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    XLMRobertaModel(config).save_pretrained(path, safe_serialization=True)
+    return str(path)
+
+
+def build_xcomet(out: pathlib.Path) -> str:
+    """A tiny random xCOMET in COMET's checkpoint layout (hparams.yaml + checkpoints/)."""
+    import pytorch_lightning as pl
+    import torch
+    import yaml
+    from comet.models import XCOMETMetric
+
+    xlmr = build_xlmr(out)
+    torch.manual_seed(0)
+    model = XCOMETMetric(encoder_model="XLM-RoBERTa", pretrained_model=xlmr, word_layer=2,
+                         hidden_sizes=[16], layer_transformation="softmax",
+                         load_pretrained_weights=True)
+    root = out / "xcomet_tiny"
+    (root / "checkpoints").mkdir(parents=True)
+    hparams = {**dict(model.hparams), "class_identifier": "xcomet_metric"}
+    (root / "hparams.yaml").write_text(yaml.safe_dump(hparams))
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": pl.__version__},
+               root / "checkpoints" / "model.ckpt")
+    return str(root)
