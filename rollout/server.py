@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_num_seqs", type=int, default=256)
     p.add_argument("--weights_version", type=int, default=0,
                    help="version number of the starting checkpoint (e.g. the trainer's step)")
-    p.add_argument("--kv_cache_gib", type=float, default=None,
+    p.add_argument("--kv_cache_gib", type=int, default=None,
                    help="CPU only: KV cache size (sets VLLM_CPU_KVCACHE_SPACE)")
     service.add_server_flags(p)
     return p.parse_args(argv)
