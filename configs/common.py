@@ -17,6 +17,42 @@ def base() -> ml_collections.ConfigDict:
     c.distributed = ml_collections.ConfigDict(dict(
         initialize=False, coordinator_address="", num_processes=0, process_id=-1,
     ))
+    # Monolingual sources -> translation tasks (see walar_jax/data).
+    c.data = ml_collections.ConfigDict(dict(
+        paths=["data/tiny"], input_key="text", lang_key="lang", label_key="label",
+        target_langs=["fra_Latn", "deu_Latn", "spa_Latn", "swh_Latn"], targets_per_source=1,
+        template="auto",  # auto: chat (Qwen3, thinking off), alpaca (LLaMAX), plain
+    ))
+    c.rollout = ml_collections.ConfigDict(dict(
+        address="", token="",  # empty address: train.py starts rollout_server.py itself
+        n=8, temperature=1.0, top_p=1.0, top_k=0, max_tokens=512, max_prompt_tokens=512,
+        length_bucket=64, weight_transport="shm", timeout_s=1800.0,
+        # flags of rollout_server.py when train.py starts it
+        server=ml_collections.ConfigDict(dict(
+            dtype="auto", max_model_len=1024, gpu_memory_utilization=0.85,
+            tensor_parallel_size=1, enable_prefix_caching=True, seed=0)),
+    ))
+    c.reward = ml_collections.ConfigDict(dict(
+        addresses=[], token="", timeout_s=600.0,  # none: train.py starts the service
+        # flags of `python -m reward.server` when train.py starts it
+        server=ml_collections.ConfigDict(dict(
+            qe="embed", lid=True, align=True, alpha=20.0, masklid=True, device="auto")),
+    ))
+    c.grpo = ml_collections.ConfigDict(dict(
+        scale_by_std=True,  # False: Dr.GRPO
+        clip_low=0.2, clip_high=0.2, kl_coef=0.01, kl_estimator="k3", loss_agg="token_mean",
+        entropy_coef=0.0, tis_cap=0.0,
+    ))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=5e-7, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, warmup_frac=0.03,
+        min_lr_ratio=0.1, clip_norm=1.0,
+    ))
+    c.rollout_batch_prompts = 128   # x rollout.n samples
+    c.train_batch_size = 1024       # sequences per optimizer step
+    c.micro_batch_size = 8          # sequences per gradient-accumulation micro-step
+    c.service_start_timeout_s = 1800.0
+    c.tensorboard = True
+    c.wandb_project = ""
     c.total_steps = 0          # 0: one epoch over the prompts
     c.checkpoint_every = 50
     c.keep_checkpoints = 3

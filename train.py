@@ -1,0 +1,18 @@
+"""WALAR GRPO training: python train.py --config=configs/tiny.py --workdir=runs/tiny"""
+
+import logging
+import sys
+
+from walar_jax import config as cfglib
+from walar_jax.rl import trainer
+
+
+def main(argv):
+    config, flags = cfglib.parse(argv)
+    workdir = flags.workdir or f"runs/{config.model.path.replace('/', '_')}"
+    trainer.main(config, workdir)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(sys.argv)

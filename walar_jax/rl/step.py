@@ -1,0 +1,108 @@
+"""The jitted, sharded GRPO update and the log-prob pass, as pure functions of
+(params, optimizer state, batch). Params are the pure-dict state of the NNX policy.
+
+Batch arrays are [M, B, T]: M micro-batches of B sequences; gradients accumulate over
+M inside one jitted call, so one call is one optimizer step on a whole train batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from walar_jax.rl import grpo
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.01
+    kl_estimator: str = "k3"
+    loss_agg: str = "token_mean"
+    entropy_coef: float = 0.0
+    tis_cap: float = 0.0
+    logprob_chunk: int = 256
+
+
+def make_optimizer(lr: float, total_steps: int, *, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0,
+                   warmup_frac=0.03, min_lr_ratio=0.1, clip_norm=1.0):
+    """AdamW on a warmup + cosine schedule with a floor, after global-norm clipping."""
+    warmup = max(1, int(round(warmup_frac * total_steps)))
+    base = optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+        end_value=lr * min_lr_ratio)
+
+    def schedule(count):  # step k uses the rate after k+1 warmup steps: never 0
+        return base(count + 1)
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm),
+                     optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    return tx, schedule
+
+
+def token_logprobs(graphdef, params, ids, seg, chunk):
+    model = nnx.merge(graphdef, params)
+    return model.token_logprobs(ids, jnp.roll(ids, -1, axis=1), segment_ids=seg, chunk=chunk,
+                                with_entropy=True)
+
+
+def logprob_pass(graphdef, params, batch, *, chunk: int):
+    """Log-probs [M, B, T] of every next token (old policy or reference), no gradient."""
+    def one(mb):
+        return token_logprobs(graphdef, params, mb["ids"], mb["seg"], chunk)[0]
+    return jax.lax.map(one, {"ids": batch["ids"], "seg": batch["seg"]})
+
+
+def _micro_loss(params, graphdef, mb, weight, cfg: LossConfig):
+    logp, ent = token_logprobs(graphdef, params, mb["ids"], mb["seg"], cfg.logprob_chunk)
+    mask = mb["mask"]
+    pg, clipped = grpo.ppo_clip_loss(logp, mb["old_logp"], mb["adv"],
+                                     clip_low=cfg.clip_low, clip_high=cfg.clip_high)
+    pg = pg * grpo.truncated_is_weights(mb["old_logp"], mb["rollout_logp"], cfg.tis_cap)
+    agg = functools.partial(grpo.aggregate, mask=mask, mode=cfg.loss_agg)
+    loss = agg(pg)
+    kl = agg(grpo.kl_penalty(logp, mb["ref_logp"], cfg.kl_estimator)) if cfg.kl_coef else 0.0
+    entropy = agg(ent)
+    total = loss + cfg.kl_coef * kl - cfg.entropy_coef * entropy
+    parts = {"pg_loss": loss, "kl": kl, "entropy": entropy, "clip_frac": agg(clipped),
+             "ratio_mean": agg(jnp.exp(logp - mb["old_logp"]))}
+    return total * weight, jax.tree.map(lambda x: x * weight, parts)
+
+
+def micro_weights(mask, loss_agg: str):
+    """Share of the train batch's aggregate each micro-batch carries, so that summing
+    micro-batch means reproduces the mean over the whole train batch."""
+    if loss_agg == "token_mean":
+        per = mask.sum(axis=(1, 2))
+    else:
+        per = (mask.sum(axis=2) > 0).sum(axis=1).astype(jnp.float32)
+    return per / jnp.maximum(per.sum(), 1.0)
+
+
+def train_step(graphdef, tx, cfg: LossConfig, params, opt_state, batch):
+    """One optimizer step on batch [M, B, T]; returns (params, opt_state, metrics)."""
+    weights = micro_weights(batch["mask"], cfg.loss_agg)
+    grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
+
+    def body(acc, xs):
+        mb, w = xs
+        (loss, parts), g = grad_fn(params, graphdef, mb, w, cfg)
+        grads, sums = acc
+        grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+        sums = jax.tree.map(jnp.add, sums, {"loss": loss, **parts})
+        return (grads, sums), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    keys = ("loss", "pg_loss", "kl", "entropy", "clip_frac", "ratio_mean")
+    init = (zeros, {k: jnp.zeros((), jnp.float32) for k in keys})
+    (grads, sums), _ = jax.lax.scan(body, init, (batch, weights))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    metrics = dict(sums, grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
+                   param_norm=optax.global_norm(new_params))
+    return new_params, opt_state, metrics
