@@ -1,0 +1,145 @@
+"""RewardClient (trainer env) against the real reward server (reward env), started the way
+the trainer starts it. The server runs the embedded default models."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from walar_jax.clients import (
+    AuthenticationError,
+    InvalidRequestError,
+    RewardClient,
+    ServiceUnavailableError,
+)
+from walar_jax.launch import REPO_ROOT, Service, env_python
+
+TOKEN = "t0ken"
+EN = "The committee met on Monday to discuss the new budget for the schools."
+FR = "Le comité s'est réuni lundi pour discuter du nouveau budget des écoles."
+SW = "Kamati ilikutana Jumatatu kujadili bajeti mpya ya shule."
+
+
+def _server_argv() -> list[str]:
+    return [env_python("reward"), "-m", "reward.server", "--token", TOKEN, "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    try:
+        env_python("reward")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    log = tmp_path_factory.mktemp("reward") / "server.log"
+    with Service("reward", _server_argv(), log_path=str(log)) as svc:
+        yield svc
+
+
+def _item(hyp: str, tgt: str = "fra_Latn", **kw) -> dict:
+    return {"source": EN, "hypothesis": hyp, "src_lang": "eng_Latn", "tgt_lang": tgt, **kw}
+
+
+def test_good_batch_rewards_and_components(server):
+    with RewardClient([server.address], token=TOKEN, timeout_s=120) as client:
+        batch = client.score([_item(FR), _item(EN), _item(FR, tgt="French")])
+    ok, copy, named = batch.items
+    assert ok.status == "OK" and ok.language_ok and ok.detected_lang == "fra_Latn"
+    assert ok.reward == pytest.approx(ok.qe + 20.0 * ok.align_f1)  # embed QE + alpha * F1
+    assert -1.0 <= ok.qe <= 1.0 and 0.0 <= ok.align_f1 <= 1.0
+    assert copy.status == "OK" and not copy.language_ok and copy.reward == 0.0
+    assert copy.align_f1 is None and copy.detected_lang == "eng_Latn"
+    assert named.reward == pytest.approx(ok.reward)  # "French" resolves like fra_Latn
+    assert batch.rewards == [ok.reward, copy.reward, named.reward]
+    assert batch.metrics["gate_penalised_share"] == pytest.approx(1 / 3)
+    assert batch.metrics["mean_qe"] == pytest.approx((ok.qe + copy.qe + named.qe) / 3)
+
+
+def test_bad_items_come_back_with_status_and_penalty(server):
+    with RewardClient(server.address, token=TOKEN, timeout_s=120) as client:
+        batch = client.score([_item(""), _item("chat \ud800"), _item("mot " * 6000), _item(FR)])
+    assert [it.status for it in batch.items] == ["EMPTY_TEXT", "INVALID_TEXT", "TOO_LONG", "OK"]
+    assert [it.reward for it in batch.items[:3]] == [0.0, 0.0, 0.0]
+    assert batch.metrics["n_bad_items"] == 3
+
+
+def test_split_across_addresses_keeps_order_and_metrics(server):
+    items = [_item(FR), _item(EN), _item(SW, tgt="swh_Latn"), _item(FR), _item(EN)]
+    with RewardClient([server.address], token=TOKEN, timeout_s=120) as one, \
+            RewardClient([server.address] * 3, token=TOKEN, timeout_s=120) as three:
+        a, b = one.score(items), three.score(items)
+    assert a.rewards == pytest.approx(b.rewards)
+    assert a.metrics == pytest.approx(b.metrics, nan_ok=True)
+
+
+def test_invalid_argument_fails_fast_with_the_reason(server, caplog):
+    with RewardClient(server.address, token=TOKEN, max_attempts=5) as client:
+        with caplog.at_level(logging.WARNING), pytest.raises(InvalidRequestError, match="'Elvish'"):
+            client.score([_item(FR), _item(FR, tgt="Elvish")])
+    assert "retry" not in caplog.text  # not retried
+
+
+def test_client_side_validation_names_the_problem(server):
+    with RewardClient(server.address, token=TOKEN) as client:
+        with pytest.raises(ValueError, match="item 1 has no 'tgt_lang'"):
+            client.score([_item(FR), {"source": EN, "hypothesis": FR, "src_lang": "en"}])
+        with pytest.raises(TypeError, match="item 0 'hypothesis' is a NoneType"):
+            client.score([_item(None)])
+        with pytest.raises(ValueError, match="at least one item"):
+            client.score([])
+
+
+def test_token_auth(server):
+    for token in (None, "wrong"):
+        with RewardClient(server.address, token=token) as client:
+            with pytest.raises(AuthenticationError):
+                client.score([_item(FR)])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_raises_and_failover_uses_the_other(server):
+    dead = f"127.0.0.1:{_free_port()}"
+    with RewardClient([dead], token=TOKEN, max_attempts=2, base_delay_s=0.05) as client:
+        with pytest.raises(ServiceUnavailableError):
+            client.score([_item(FR)])
+    with RewardClient([dead, server.address], token=TOKEN, max_attempts=2,
+                      base_delay_s=0.05, timeout_s=120) as client:
+        batch = client.score([_item(FR), _item(EN)])  # first half went to `dead`
+    assert [it.status for it in batch.items] == ["OK", "OK"]
+    assert not batch.items[1].language_ok
+
+
+def test_killed_and_restarted_server_is_survived_by_retries(tmp_path, caplog):
+    try:
+        env_python("reward")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    first = Service("reward-a", _server_argv(), log_path=str(tmp_path / "a.log")).start()
+    port = first.address.rsplit(":", 1)[1]
+    os.killpg(first.proc.pid, signal.SIGKILL)  # crash, no clean shutdown
+    first.proc.wait()
+    # Restart on the same port right away; the client's first attempts find nothing there.
+    second = subprocess.Popen([*_server_argv(), "--port", port], cwd=REPO_ROOT,
+                              stdout=open(tmp_path / "b.log", "wb"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        with RewardClient(first.address, token=TOKEN, max_attempts=12, base_delay_s=0.5,
+                          timeout_s=120) as client, caplog.at_level(logging.WARNING):
+            batch = client.score([_item(FR), _item(EN)])
+        assert "UNAVAILABLE" in caplog.text and "retry" in caplog.text  # it did need them
+        assert batch.items[0].status == "OK"
+        assert batch.items[0].reward == pytest.approx(
+            batch.items[0].qe + 20.0 * batch.items[0].align_f1)
+        assert not batch.items[1].language_ok
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(30)
