@@ -79,6 +79,7 @@ class InstallResult:
     num_bytes: int
     install_s: float
     digest: str
+    digest_s: float
 
 
 def resolve_model_dir(model: str) -> pathlib.Path:
@@ -220,12 +221,14 @@ class Engine:
         """
         t0 = time.perf_counter()
         W.validate(specs, self.table, os.path.getsize(path))
+        t_hash = time.perf_counter()
         digest = W.segment_digest(path, specs)
+        digest_s = time.perf_counter() - t_hash
         nbytes = sum(s.nbytes for s in specs)
         with self.lock:
             if digest == self.digest and not self.broken:
                 return InstallResult(self.version, False, len(specs), nbytes,
-                                     time.perf_counter() - t0, digest)
+                                     time.perf_counter() - t0, digest, digest_s)
             new_version = self.version + 1 if version is None else version
             if new_version <= self.version:
                 raise W.UpdateRefused(
@@ -248,7 +251,7 @@ class Engine:
         log.info("weights version %d live (%d tensors, %.1f MB) in %.2fs", new_version,
                  len(specs), nbytes / 1e6, time.perf_counter() - t0)
         return InstallResult(new_version, True, len(specs), nbytes,
-                             time.perf_counter() - t0, digest)
+                             time.perf_counter() - t0, digest, digest_s)
 
 
 def _completion(c) -> CompletionOut:

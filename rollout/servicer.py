@@ -117,7 +117,7 @@ class RolloutServicer(pb_grpc.RolloutServicer):
         return pb.UpdateWeightsResponse(
             version=res.version, changed=res.changed, num_tensors=res.num_tensors,
             num_bytes=res.num_bytes, receive_s=received, install_s=res.install_s,
-            digest=res.digest,
+            digest=res.digest, digest_s=res.digest_s,
         )
 
     def _receive_shm(self, header: pb.WeightUpdateHeader, rest) -> tuple[str, list[W.Spec]]:

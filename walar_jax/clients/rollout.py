@@ -46,6 +46,7 @@ class UpdateResult:
     receive_s: float
     install_s: float
     digest: str
+    digest_s: float
 
 
 def _prompt(p: str | Sequence[int]) -> pb.Prompt:
@@ -141,7 +142,7 @@ class RolloutClient:
             resp = self._call("UpdateWeights", lambda: self.stub.UpdateWeights(
                 t.messages(tensors, version), metadata=self.metadata, timeout=timeout), 1)
         return UpdateResult(resp.version, resp.changed, resp.num_tensors, resp.num_bytes,
-                            resp.receive_s, resp.install_s, resp.digest)
+                            resp.receive_s, resp.install_s, resp.digest, resp.digest_s)
 
     def _engine_dtype(self):
         import numpy as np
