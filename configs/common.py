@@ -13,14 +13,14 @@ def base() -> ml_collections.ConfigDict:
         path="tiny", dtype="bfloat16", param_dtype="float32", remat=True, logprob_chunk=256,
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-    c.sharding_rules = [[k, v] for k, v in DEFAULT_RULES]
+    c.sharding_rules = DEFAULT_RULES
     c.distributed = ml_collections.ConfigDict(dict(
         initialize=False, coordinator_address="", num_processes=0, process_id=-1,
     ))
     # Monolingual sources -> translation tasks (see walar_jax/data).
     c.data = ml_collections.ConfigDict(dict(
-        paths=["data/tiny"], input_key="text", lang_key="lang", label_key="label",
-        target_langs=["fra_Latn", "deu_Latn", "spa_Latn", "swh_Latn"], targets_per_source=1,
+        paths=("data/tiny",), input_key="text", lang_key="lang", label_key="label",
+        target_langs=("fra_Latn", "deu_Latn", "spa_Latn", "swh_Latn"), targets_per_source=1,
         template="auto",  # auto: chat (Qwen3, thinking off), alpaca (LLaMAX), plain
     ))
     c.rollout = ml_collections.ConfigDict(dict(
@@ -33,7 +33,7 @@ def base() -> ml_collections.ConfigDict:
             tensor_parallel_size=1, enable_prefix_caching=True, seed=0)),
     ))
     c.reward = ml_collections.ConfigDict(dict(
-        addresses=[], token="", timeout_s=600.0,  # none: train.py starts the service
+        addresses=(), token="", timeout_s=600.0,  # none: train.py starts the service
         # flags of `python -m reward.server` when train.py starts it
         server=ml_collections.ConfigDict(dict(
             qe="embed", lid=True, align=True, alpha=20.0, masklid=True, device="auto")),

@@ -18,6 +18,6 @@ def get_config(arg: str | None = None):
     c.reward.server.lid_labels = "glotlid"
     c.reward.server.align_model = "BAAI/bge-m3"
     c.reward.server.align_layer = 24
-    c.data.paths = ["data/walar_train"]  # one <flores_code>.txt per language, or WALAR JSONL
+    c.data.paths = ("data/walar_train",)  # one <flores_code>.txt per language, or WALAR JSONL
     c.rollout.server.update(dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.6)
     return c

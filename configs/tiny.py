@@ -12,7 +12,7 @@ def get_config(arg: str | None = None):
     c.model.dtype = "float32"
     c.model.remat = False
     c.model.logprob_chunk = 64
-    c.data.target_langs = ["fra_Latn", "deu_Latn", "spa_Latn", "swh_Latn"]
+    c.data.target_langs = ("fra_Latn", "deu_Latn", "spa_Latn", "swh_Latn")
     c.rollout.update(n=4, max_tokens=48, max_prompt_tokens=256, length_bucket=64)
     c.rollout.server.update(max_model_len=512, dtype="float32")
     c.rollout.server.kv_cache_gib = 1

@@ -46,7 +46,7 @@ def load(path_and_arg: str, overrides: dict | None = None) -> ml_collections.Con
 
 
 def _flag_value(v) -> str:
-    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+    return repr(tuple(v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def save(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -103,6 +103,6 @@ def train_step(graphdef, tx, cfg: LossConfig, params, opt_state, batch):
     (grads, sums), _ = jax.lax.scan(body, init, (batch, weights))
     updates, opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    metrics = dict(sums, grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
-                   param_norm=optax.global_norm(new_params))
+    metrics = dict(sums, grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),
+                   param_norm=optax.tree.norm(new_params))
     return new_params, opt_state, metrics
