@@ -30,9 +30,10 @@ def checkpoint(name: str, root: str = "runs/bench") -> str:
 
 
 def sidecar(model_dir: str, *flags: str, log: str = "runs/bench/rollout.log") -> launch.Service:
-    """The real sidecar in the rollout env; fp32, eager and a 2 GiB KV cache on CPU."""
+    """The real sidecar in the rollout env (`with` starts and stops it); fp32, eager and a
+    2 GiB KV cache on CPU."""
     argv = [launch.env_python("rollout"), "rollout_server.py", "--model", model_dir,
             "--dtype", "float32", "--max_model_len", "1024", *flags]
     if shutil.which("nvidia-smi") is None:
         argv += ["--enforce_eager", "--kv_cache_gib", "2"]
-    return launch.Service("rollout", argv, log_path=log).start(600)
+    return launch.Service("rollout", argv, log_path=log)

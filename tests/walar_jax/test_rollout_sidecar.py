@@ -25,11 +25,12 @@ PROMPTS = [[72, 101, 108, 108, 111, 32], [84, 114, 97, 110, 115, 108, 97, 116, 1
            [66, 111, 110, 106, 111, 117, 114]]
 
 
-def start_sidecar(model_dir, log_dir, *extra: str, name: str = "rollout") -> launch.Service:
+def sidecar_service(model_dir, log_dir, *extra: str, name: str = "rollout") -> launch.Service:
+    """The sidecar as a service; `with` starts it and always stops it."""
     flags = ENGINE if has_gpu() else CPU_ENGINE
     argv = [launch.env_python("rollout"), "rollout_server.py", "--model", str(model_dir),
             *flags, *extra]
-    return launch.Service(name, argv, log_path=str(log_dir / f"{name}.log")).start(300)
+    return launch.Service(name, argv, log_path=str(log_dir / f"{name}.log"))
 
 
 def has_gpu() -> bool:
@@ -83,9 +84,8 @@ def logs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sidecar(ckpt, logs):
-    svc = start_sidecar(ckpt, logs)
-    yield svc
-    svc.stop()
+    with sidecar_service(ckpt, logs) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="module")
@@ -192,13 +192,14 @@ def test_update_serves_new_weights_equal_to_a_fresh_sidecar(updated, client, ckp
     assert max_logprob_diff(model, sampled) <= 1e-3
 
     fresh_dir = models.save_pretrained(model, str(tmp_path / "perturbed"), tokenizer_dir=ckpt)
-    with start_sidecar(fresh_dir, logs, "--token", "s3cret", name="fresh") as fresh:
+    with sidecar_service(fresh_dir, logs, "--token", "s3cret", name="fresh") as fresh:
         with RolloutClient(fresh.address, token="s3cret") as fc:
             tokens, lps, _ = greedy(fc)
             assert fc.info().weights_digest == res.digest  # same bytes, same hash
             with RolloutClient(fresh.address, max_attempts=1) as anon:
                 with pytest.raises(AuthenticationError):
                     anon.info()
+    assert fresh.proc.returncode == 0  # SIGTERM shut it down cleanly, no SIGKILL needed
     assert tokens == after[0]
     print("fresh-vs-updated max |logprob diff|:", float(np.abs(lps - after[1]).max()))
     np.testing.assert_allclose(lps, after[1], rtol=0, atol=1e-6)
