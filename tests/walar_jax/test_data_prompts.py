@@ -56,3 +56,17 @@ def test_extract_translation():
     assert prompts.extract_translation("<think>hmm</think>\nSwahili: Habari za asubuhi.", "swh_Latn") == "Habari za asubuhi."
     assert prompts.extract_translation("Bonjour.\n\n### Instruction: more") == "Bonjour."
     assert prompts.extract_translation("  Guten Morgen.  ") == "Guten Morgen."
+
+
+def test_translategemma_template_gets_codes_and_text():
+    class Tok:  # a tokenizer whose chat template renders the structured user part
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, **kw):
+            part = messages[0]["content"][0]
+            return f"<{part['source_lang_code']}>{part['target_lang_code']}|{part['text']}"
+
+    got = prompts.build_prompt(" Good morning. ", "eng_Latn", "swh_Latn", template="translategemma",
+                               tokenizer=Tok())
+    assert got == "<en>sw|Good morning."
+    assert prompts.language_code("zul_Latn") == "zu"

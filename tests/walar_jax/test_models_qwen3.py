@@ -116,3 +116,27 @@ def test_bad_checkpoint_errors_name_the_tensor(tmp_path):
                               [(k, f.shape(k), f.get(k).dtype) for k in keep], f.get)
     with pytest.raises(ValueError, match="layers.1.mlp.up_proj"):
         models.from_pretrained(str(tmp_path))
+
+
+def test_remat_and_bf16_compute(tmp_path):
+    from flax import nnx
+
+    make_hf_qwen3(tmp_path, tie=False)
+    ids, mask = padded_batch(np.random.default_rng(4), 384, [9, 12], 12, left=False)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+
+    def grads(model):
+        def loss(m):
+            return m.token_logprobs(ids, jnp.roll(ids, -1, 1), mask, chunk=4).mean()
+        return nnx.grad(loss)(model)
+
+    plain = models.from_pretrained(str(tmp_path))
+    remat = models.from_pretrained(str(tmp_path), remat=True)
+    g1, g2 = jax.tree.leaves(nnx.to_pure_dict(grads(plain))), jax.tree.leaves(nnx.to_pure_dict(grads(remat)))
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    bf16 = models.from_pretrained(str(tmp_path), dtype=jnp.bfloat16)
+    assert models.flat_params(bf16)["embed"][...].dtype == jnp.float32  # fp32 master weights
+    lp32 = jax_logprobs(plain, ids, mask)
+    lp16 = jax_logprobs(bf16, ids, mask)
+    assert 0 < np.abs(lp32 - lp16).max() < 0.1

@@ -20,19 +20,31 @@ ALPACA = (
 )
 INSTRUCTION = "Translate the following text from {src} into {tgt}.\n{src}: {text}\n{tgt}:"
 PLAIN = "{src}: {text}\n{tgt}:"
-TEMPLATES = ("chat", "alpaca", "plain")
+TEMPLATES = ("chat", "alpaca", "translategemma", "plain")
 
 
 @functools.cache
-def _names() -> dict[str, str]:
-    names = {}
+def _table() -> dict[str, tuple[str, str]]:
+    """FLORES-200 code -> (English name, ISO 639-1 code or the ISO 639-3 part)."""
+    rows = {}
     with open(LANGUAGE_TABLE, encoding="utf-8") as f:
         for line in f:
             if line.startswith("#") or not line.strip():
                 continue
-            code, name, *_ = line.rstrip("\n").split("\t")
-            names[code] = name
-    return names
+            code, name, iso1, *_ = line.rstrip("\n").split("\t") + ["-"]
+            rows[code] = (name, code.split("_")[0] if iso1 in ("-", "") else iso1)
+    return rows
+
+
+def _names() -> dict[str, str]:
+    return {k: v[0] for k, v in _table().items()}
+
+
+def language_code(code: str) -> str:
+    """Short code for model templates that take codes (translategemma): `swh_Latn` -> sw."""
+    if code not in _table():
+        raise ValueError(f"unknown FLORES-200 language code {code!r}")
+    return _table()[code][1]
 
 
 def language_name(code: str) -> str:
@@ -46,7 +58,7 @@ def language_name(code: str) -> str:
 
 
 def default_template(family: str) -> str:
-    return {"qwen3": "chat", "llama3": "alpaca", "gemma3": "chat"}.get(family, "plain")
+    return {"qwen3": "chat", "llama3": "alpaca", "gemma3": "translategemma"}.get(family, "plain")
 
 
 def build_prompt(text: str, src: str, tgt: str, *, template: str, tokenizer=None) -> str:
@@ -57,11 +69,16 @@ def build_prompt(text: str, src: str, tgt: str, *, template: str, tokenizer=None
         return ALPACA.format(**fields)
     if template == "plain":
         return PLAIN.format(**fields)
-    if template != "chat":
+    if template not in ("chat", "translategemma"):
         raise ValueError(f"unknown prompt template {template!r}; one of {TEMPLATES}")
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("template 'chat' needs a tokenizer with a chat template")
-    messages = [{"role": "user", "content": INSTRUCTION.format(**fields)}]
+        raise ValueError(f"template {template!r} needs a tokenizer with a chat template")
+    if template == "translategemma":  # its template takes codes and the text as one part
+        messages = [{"role": "user", "content": [{
+            "type": "text", "source_lang_code": language_code(src),
+            "target_lang_code": language_code(tgt), "text": fields["text"]}]}]
+    else:
+        messages = [{"role": "user", "content": INSTRUCTION.format(**fields)}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                          enable_thinking=False)
 
