@@ -170,7 +170,7 @@ class StagingSegment:
         self.path.unlink(missing_ok=True)
 
 
-def iter_segment(path: str, specs: list[Spec]) -> Iterator[tuple[str, "torch.Tensor"]]:  # noqa: F821
+def iter_segment(path: str, specs: list[Spec]) -> Iterator[tuple[str, torch.Tensor]]:  # noqa: F821
     """(name, tensor) views into the mapped segment: no copy until vLLM copies them in."""
     import torch
 

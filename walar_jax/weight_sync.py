@@ -117,7 +117,7 @@ class ShmTransport:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> "ShmTransport":
+    def __enter__(self) -> ShmTransport:  # noqa: PYI034 - py3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc) -> None:

@@ -128,7 +128,7 @@ def test_seeded_sampling_is_reproducible(client):
     a = client.generate(PROMPTS, n=2, max_tokens=8, seed=7)
     b = client.generate(PROMPTS, n=2, max_tokens=8, seed=7)
     c = client.generate(PROMPTS, n=2, max_tokens=8, seed=8)
-    ids = lambda out: [x.token_ids for r in out for x in r]  # noqa: E731
+    ids = lambda out: [x.token_ids for r in out for x in r]
     assert ids(a) == ids(b) and ids(a) != ids(c)
     assert ids(a)[0] != ids(a)[1]  # the n samples of one prompt differ
 
@@ -147,14 +147,14 @@ def test_sidecar_logprobs_match_the_jax_policy(client, ckpt):
 
 def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(client):
     cases = {
-        "prompt 0 is empty": dict(prompts=[[]]),
-        "leaves no room": dict(prompts=[[65] * 256]),
-        "n must be >= 1": dict(prompts=PROMPTS, n=0),
-        "outside [0, 384)": dict(prompts=[[65, 100000]]),
-        "no prompts": dict(prompts=[]),
-        "empty text prompt": dict(prompts=[""]),
-        "top_p must be in (0, 1]": dict(prompts=PROMPTS, top_p=0.0),
-        "n must be 1 when using greedy": dict(prompts=PROMPTS, n=2, temperature=0.0),
+        "prompt 0 is empty": {"prompts": [[]]},
+        "leaves no room": {"prompts": [[65] * 256]},
+        "n must be >= 1": {"prompts": PROMPTS, "n": 0},
+        "outside [0, 384)": {"prompts": [[65, 100000]]},
+        "no prompts": {"prompts": []},
+        "empty text prompt": {"prompts": [""]},
+        "top_p must be in (0, 1]": {"prompts": PROMPTS, "top_p": 0.0},
+        "n must be 1 when using greedy": {"prompts": PROMPTS, "n": 2, "temperature": 0.0},
     }
     for reason, kw in cases.items():
         with pytest.raises(InvalidRequestError, match="INVALID_ARGUMENT") as err:
@@ -192,13 +192,13 @@ def test_update_serves_new_weights_equal_to_a_fresh_sidecar(updated, client, ckp
     assert max_logprob_diff(model, sampled) <= 1e-3
 
     fresh_dir = models.save_pretrained(model, str(tmp_path / "perturbed"), tokenizer_dir=ckpt)
-    with sidecar_service(fresh_dir, logs, "--token", "s3cret", name="fresh") as fresh:
-        with RolloutClient(fresh.address, token="s3cret") as fc:
-            tokens, lps, _ = greedy(fc)
-            assert fc.info().weights_digest == res.digest  # same bytes, same hash
-            with RolloutClient(fresh.address, max_attempts=1) as anon:
-                with pytest.raises(AuthenticationError):
-                    anon.info()
+    fresh = sidecar_service(fresh_dir, logs, "--token", "s3cret", name="fresh")
+    with fresh, RolloutClient(fresh.address, token="s3cret") as fc:
+        tokens, lps, _ = greedy(fc)
+        assert fc.info().weights_digest == res.digest  # same bytes, same hash
+        with RolloutClient(fresh.address, max_attempts=1) as anon, \
+                pytest.raises(AuthenticationError):
+            anon.info()
     assert fresh.proc.returncode == 0  # SIGTERM shut it down cleanly, no SIGKILL needed
     assert tokens == after[0]
     print("fresh-vs-updated max |logprob diff|:", float(np.abs(lps - after[1]).max()))

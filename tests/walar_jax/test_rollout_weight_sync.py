@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import ml_dtypes
 import numpy as np
@@ -28,18 +29,18 @@ def test_shm_writes_each_tensor_once_at_aligned_offsets_and_reuses_the_segment()
         assert len(msgs) == 1 and msgs[0].header.transport == "shm"
         h = msgs[0].header
         assert h.version == 3 and h.shm_path == t.path and t.path.startswith("/dev/shm/")
-        raw = open(t.path, "rb").read()
+        raw = pathlib.Path(t.path).read_bytes()
         for spec, (name, arr) in zip(h.tensors, _tensors(0)):
             assert spec.name == name and tuple(spec.shape) == arr.shape
             assert spec.dtype == arr.dtype.name and spec.offset % weight_sync.ALIGN == 0
             got = np.frombuffer(raw, arr.dtype, arr.size, spec.offset).reshape(arr.shape)
             np.testing.assert_array_equal(got, arr)
         size = os.path.getsize(t.path)
-        h2 = list(t.messages(iter(_tensors(1)), version=None))[0].header
+        h2 = next(iter(t.messages(iter(_tensors(1)), version=None))).header
         assert not h2.HasField("version")
         assert os.path.getsize(t.path) == size  # same segment, same size, rewritten in place
         spec = h2.tensors[0]
-        got = np.frombuffer(open(t.path, "rb").read(), np.float32, 37 * 16, spec.offset)
+        got = np.frombuffer(pathlib.Path(t.path).read_bytes(), np.float32, 37 * 16, spec.offset)
         np.testing.assert_array_equal(got.reshape(37, 16), _tensors(1)[0][1])
     finally:
         t.close()

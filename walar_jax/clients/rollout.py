@@ -160,11 +160,11 @@ class RolloutClient:
         self._transports.clear()
         self.channel.close()
 
-    def __enter__(self) -> "RolloutClient":
+    def __enter__(self) -> RolloutClient:  # noqa: PYI034 - py3.10 has no typing.Self
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-__all__ = ["RolloutClient", "Completion", "PromptResult", "UpdateResult"]
+__all__ = ["Completion", "PromptResult", "RolloutClient", "UpdateResult"]
