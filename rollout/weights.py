@@ -50,19 +50,41 @@ class Spec:
         return int(np.prod(self.shape, dtype=np.int64)) * ITEMSIZE[self.dtype]
 
 
-def read_checkpoint_table(model_dir: str | pathlib.Path) -> dict[str, Spec]:
-    """Names, dtypes and shapes of every tensor in an HF directory's safetensors files."""
-    files = sorted(pathlib.Path(model_dir).glob("*.safetensors"))
+def checkpoint_files(model_dir: str | pathlib.Path) -> list[pathlib.Path]:
+    """The safetensors files of an HF directory: those its index names, else all."""
+    d = pathlib.Path(model_dir)
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        return sorted({d / f for f in json.loads(index.read_text())["weight_map"].values()})
+    files = sorted(d.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {model_dir}")
-    return {s.name: s for path in files for s in read_checkpoint_table_file(path)}
+    return files
+
+
+def tied_embeddings(model_dir: str | pathlib.Path) -> bool:
+    cfg = json.loads((pathlib.Path(model_dir) / "config.json").read_text())
+    return bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get(
+        "tie_word_embeddings", False)))
+
+
+def _skipped(model_dir: str | pathlib.Path) -> set[str]:
+    # Some tied checkpoints still store the head; vLLM ignores it and so do updates.
+    return {"lm_head.weight"} if tied_embeddings(model_dir) else set()
+
+
+def read_checkpoint_table(model_dir: str | pathlib.Path) -> dict[str, Spec]:
+    """Names, dtypes and shapes of the tensors an update must carry."""
+    skip = _skipped(model_dir)
+    return {s.name: s for path in checkpoint_files(model_dir)
+            for s in read_checkpoint_table_file(path) if s.name not in skip}
 
 
 def checkpoint_digest(model_dir: str | pathlib.Path) -> str:
     """Content hash of the checkpoint's tensors, comparable with `segment_digest`."""
-    parts = []
-    for path in sorted(pathlib.Path(model_dir).glob("*.safetensors")):
-        specs = read_checkpoint_table_file(path)
+    parts, skip = [], _skipped(model_dir)
+    for path in checkpoint_files(model_dir):
+        specs = [s for s in read_checkpoint_table_file(path) if s.name not in skip]
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             parts += [(s.name, _tensor_digest(s, memoryview(mm))) for s in specs]
     return _combine(parts)
@@ -186,12 +208,37 @@ def iter_segment(path: str, specs: list[Spec]) -> Iterator[tuple[str, torch.Tens
 
 
 def install_segment(worker, path: str, specs: list[Spec], check: list[str]) -> dict[str, bool]:
-    """Runs in a vLLM worker: reloads weights from the segment, then checks that the
-    tensors named in `check` (1:1 parameters) now hold exactly the sent values."""
-    import torch
-
+    """Runs in a vLLM worker: reloads weights from the segment, refreshes tied layers,
+    then checks that the tensors named in `check` (1:1 parameters) hold exactly the sent
+    values and that the logits come from the sent head."""
     worker.reload_weights(weights_iterator=iter_segment(path, specs))
     model = worker.model_runner.get_model()
+    refresh_tied(model)
+    return {**_check_params(model, path, specs, check), **_check_head(model, path, specs)}
+
+
+def refresh_tied(model) -> None:
+    """Re-runs weight post-processing for layers that share a weight with another.
+
+    vLLM's reload re-processes only layers that received tensors. A tied head receives
+    none (its weight is the embedding's), and on CPU it keeps a packed copy of the old
+    embedding for its GEMM: logits would come from the old weights.
+    """
+    by_storage: dict[int, list] = {}
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        # Linear layers on CPU drop `weight` (numel 0) after packing; they got tensors.
+        if getattr(w, "numel", lambda: 0)() and hasattr(mod, "quant_method"):
+            by_storage.setdefault(w.data_ptr(), []).append(mod)
+    for mods in by_storage.values():
+        if len(mods) > 1:
+            for mod in mods:
+                mod.quant_method.process_weights_after_loading(mod)
+
+
+def _check_params(model, path: str, specs: list[Spec], check: list[str]) -> dict[str, bool]:
+    import torch
+
     params = dict(model.named_parameters())
     sent = dict(iter_segment(path, [s for s in specs if s.name in check]))
     ok = {}
@@ -199,5 +246,30 @@ def install_segment(worker, path: str, specs: list[Spec], check: list[str]) -> d
         p = params.get(name)
         if p is not None and tuple(p.shape) == tuple(sent[name].shape):
             ok[name] = bool(torch.equal(p.detach().cpu(), sent[name].to(p.dtype)))
-    del sent
     return ok
+
+
+def _check_head(model, path: str, specs: list[Spec]) -> dict[str, bool]:
+    """Logits of random hidden states against the sent head (the embedding when tied).
+    Exact to ~1e-4 in fp32; in half precision it only catches gross staleness."""
+    import torch
+
+    names = {s.name: s for s in specs}
+    head = names.get("lm_head.weight") or names.get("model.embed_tokens.weight")
+    lp = getattr(model, "logits_processor", None)
+    if head is None or lp is None or lp.scale != 1.0 or lp.soft_cap is not None:
+        return {}
+    ((_, w),) = iter_segment(path, [head])
+    p = next(model.parameters())
+    h = torch.randn(4, w.shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        try:
+            got = model.compute_logits(h.to(p.device, p.dtype))
+        except TypeError:  # a model whose compute_logits takes more than hidden states
+            return {}
+    if got is None or got.shape[-1] < w.shape[0]:
+        return {}  # not the rank that gathers the logits
+    want = h @ w.float().T
+    tol = (1e-4 if p.dtype == torch.float32 else 3e-2) * float(want.abs().max())
+    err = float((got[:, : w.shape[0]].float().cpu() - want).abs().max())
+    return {"lm_head(logits)": err <= tol}

@@ -3,6 +3,7 @@ digests, staging and zero-copy mapping of the trainer's segment (rollout env).""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
@@ -121,3 +122,30 @@ def test_server_refuses_a_wide_bind_before_loading_the_model(flags, reason):
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode != 0 and reason in proc.stderr
+
+
+def test_table_follows_the_index_and_skips_a_stored_tied_head(tmp_path):
+    from safetensors.numpy import save_file
+
+    tied = make_tiny_qwen3(tmp_path / "tied", tie_word_embeddings=True)
+    ref = load_file(str(tied / "model.safetensors"))
+    assert "lm_head.weight" not in ref and W.tied_embeddings(tied)
+    names = sorted(ref)
+    (tied / "model.safetensors").unlink()
+    half = len(names) // 2
+    save_file({n: ref[n] for n in names[:half]}, str(tied / "model-00001-of-00002.safetensors"))
+    rest = {n: ref[n] for n in names[half:]}
+    rest["lm_head.weight"] = ref["model.embed_tokens.weight"]  # stored although tied
+    save_file(rest, str(tied / "model-00002-of-00002.safetensors"))
+    save_file({"stray": np.zeros(2, np.float32)}, str(tied / "consolidated.safetensors"))
+    weight_map = {n: f"model-0000{1 + (i >= half)}-of-00002.safetensors"
+                  for i, n in enumerate(names)}
+    weight_map["lm_head.weight"] = "model-00002-of-00002.safetensors"
+    (tied / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    table = W.read_checkpoint_table(tied)
+    assert sorted(table) == names  # no stray file, no tied head
+    with weight_sync.ShmTransport() as t:
+        header = next(iter(t.messages(iter(ref.items()), None))).header
+        specs = _specs(header)
+        W.validate(specs, table, os.path.getsize(t.path))
+        assert W.segment_digest(t.path, specs) == W.checkpoint_digest(tied)

@@ -233,6 +233,26 @@ def test_version_moves_only_when_weights_really_change(updated, client, ckpt):
     np.testing.assert_allclose(lps, before[1], rtol=0, atol=1e-6)
 
 
+def test_tied_embeddings_model_updates_without_a_head(tmp_path, logs):
+    """Qwen3 0.6B-4B tie the head to the embedding: no lm_head.weight is sent."""
+    from walar_jax.models.tiny import tiny_config
+
+    ckpt = make_tiny_checkpoint(str(tmp_path / "tied"), seed=0,
+                                cfg=tiny_config(tie_embeddings=True))
+    names = [n for n, _ in models.hf_tensors(models.from_pretrained(ckpt))]
+    assert "lm_head.weight" not in names
+    with sidecar_service(ckpt, logs, name="tied") as svc, RolloutClient(svc.address) as c:
+        assert c.info().num_tensors == len(names)
+        before = greedy(c)
+        assert max_logprob_diff(models.from_pretrained(ckpt), before[2]) <= 1e-3
+        model = perturbed(ckpt)
+        res = c.update_weights(model, transport="grpc")
+        assert res.changed and res.version == 1
+        after = greedy(c)
+        assert after[0] != before[0] or not np.allclose(after[1], before[1])
+        assert max_logprob_diff(model, c.generate(PROMPTS, n=2, max_tokens=12, seed=0)) <= 1e-3
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_gpu(), reason="needs a GPU (CUDA vLLM)")
 def test_cuda_sidecar_runs_the_same_path(client):
