@@ -253,6 +253,22 @@ def test_tied_embeddings_model_updates_without_a_head(tmp_path, logs):
         assert max_logprob_diff(model, c.generate(PROMPTS, n=2, max_tokens=12, seed=0)) <= 1e-3
 
 
+def test_bfloat16_engine_takes_bf16_updates(ckpt, logs):
+    """The client sends the engine's dtype (half the bytes); identical bytes stay a no-op."""
+    with sidecar_service(ckpt, logs, "--dtype", "bfloat16", name="bf16") as svc, \
+            RolloutClient(svc.address) as c:
+        assert c.info().dtype == "bfloat16"
+        model = perturbed(ckpt)
+        res = c.update_weights(model)
+        n_params = sum(a.size for _, a in models.hf_tensors(model))
+        assert res.changed and res.version == 1 and res.num_bytes == 2 * n_params
+        again = c.update_weights(model, transport="grpc")
+        assert not again.changed and again.version == 1 and again.digest == res.digest
+        diff = max_logprob_diff(model, c.generate(PROMPTS, n=2, max_tokens=12, seed=0))
+        print("bf16 engine vs fp32 JAX max |logprob diff|:", diff)
+        assert diff <= 0.1  # bf16 rounding; stale weights were off by ~0.6 here
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_gpu(), reason="needs a GPU (CUDA vLLM)")
 def test_cuda_sidecar_runs_the_same_path(client):
