@@ -21,13 +21,15 @@ pytestmark = pytest.mark.e2e
 # Small engine for 2 CPU cores; fp32 so parity is about the computation, not rounding.
 ENGINE = ["--max_model_len", "256", "--dtype", "float32", "--max_num_seqs", "32"]
 CPU_ENGINE = [*ENGINE, "--enforce_eager", "--kv_cache_gib", "1"]
+# Up to two sidecars share one GPU during this module (CUDA graphs stay on).
+GPU_ENGINE = [*ENGINE, "--gpu_memory_utilization", "0.3"]
 PROMPTS = [[72, 101, 108, 108, 111, 32], [84, 114, 97, 110, 115, 108, 97, 116, 101, 58],
            [66, 111, 110, 106, 111, 117, 114]]
 
 
 def sidecar_service(model_dir, log_dir, *extra: str, name: str = "rollout") -> launch.Service:
     """The sidecar as a service; `with` starts it and always stops it."""
-    flags = ENGINE if has_gpu() else CPU_ENGINE
+    flags = GPU_ENGINE if has_gpu() else CPU_ENGINE
     argv = [launch.env_python("rollout"), "rollout_server.py", "--model", str(model_dir),
             *flags, *extra]
     return launch.Service(name, argv, log_path=str(log_dir / f"{name}.log"))
@@ -272,5 +274,6 @@ def test_bfloat16_engine_takes_bf16_updates(ckpt, logs):
 @pytest.mark.gpu
 @pytest.mark.skipif(not has_gpu(), reason="needs a GPU (CUDA vLLM)")
 def test_cuda_sidecar_runs_the_same_path(client):
+    """On a GPU host every test above ran against CUDA vLLM; make sure it really did."""
     info = client.info()
-    assert info.device == "cuda"
+    assert info.device == "cuda" and info.engine == "vllm"
