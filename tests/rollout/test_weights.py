@@ -149,3 +149,24 @@ def test_table_follows_the_index_and_skips_a_stored_tied_head(tmp_path):
         specs = _specs(header)
         W.validate(specs, table, os.path.getsize(t.path))
         assert W.segment_digest(t.path, specs) == W.checkpoint_digest(tied)
+
+
+def test_hub_id_resolves_to_its_cached_snapshot(ckpt, tmp_path):
+    """A hub id is loaded by vLLM; the sidecar reads its tensor table from the same
+    snapshot (offline here: a cache laid out as huggingface_hub writes it)."""
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--walar--tiny-qwen3"
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True)
+    for f in ckpt.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    code = ("from rollout.engine import resolve_model_dir; from rollout import weights as W; "
+            "d = resolve_model_dir('walar/tiny-qwen3'); print(d, len(W.read_checkpoint_table(d)))")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    path, n = proc.stdout.split()
+    assert pathlib.Path(path).resolve() == snap.resolve()
+    assert int(n) == len(W.read_checkpoint_table(ckpt))
