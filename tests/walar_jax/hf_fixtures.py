@@ -51,3 +51,63 @@ def padded_batch(rng: np.random.Generator, vocab: int, lengths, T: int, left: bo
         sl = slice(T - n, T) if left else slice(0, n)
         ids[b, sl], mask[b, sl] = toks, 1
     return ids, mask
+
+
+def _spread_norms(model, offset: float):
+    import torch
+
+    with torch.no_grad():  # norm weights away from their init, so a wrong mapping shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(offset + 0.1 * torch.randn_like(p))
+
+
+def make_hf_llama(path, *, tie: bool = False, seed: int = 0, vocab: int = 384):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+        tie_word_embeddings=tie, max_position_embeddings=1024, rope_theta=500_000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    _spread_norms(model, 1.0)
+    model.save_pretrained(str(path), safe_serialization=True)
+    return model
+
+
+def gemma3_text_config(vocab: int = 384):
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+        sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+        rope_scaling={"rope_type": "linear", "factor": 8.0}, max_position_embeddings=512,
+        pad_token_id=0, bos_token_id=2, eos_token_id=1,
+    )
+
+
+def make_hf_gemma3(path, *, seed: int = 0, multimodal: bool = False):
+    import torch
+    from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+    from transformers import SiglipVisionConfig
+
+    torch.manual_seed(seed)
+    text = gemma3_text_config()
+    if multimodal:
+        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                    num_attention_heads=2, image_size=28, patch_size=14)
+        cfg = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                           image_token_index=380, boi_token_index=381, eoi_token_index=382)
+        model = Gemma3ForConditionalGeneration(cfg).eval()
+    else:
+        model = Gemma3ForCausalLM(text).eval()
+    _spread_norms(model, 0.0)
+    model.save_pretrained(str(path), safe_serialization=True)
+    return model

@@ -20,13 +20,17 @@ import numpy as np
 from flax import nnx
 
 from walar_jax import sharding as shd
-from walar_jax.models import qwen3, safetensors_io
+from walar_jax.models import gemma3, llama3, qwen3, safetensors_io
 from walar_jax.models.config import ModelConfig
 from walar_jax.models.transformer import Transformer
 
 log = logging.getLogger(__name__)
 
-FAMILIES: dict[str, ModuleType] = {qwen3.MODEL_TYPE: qwen3}
+# model_type of config.json (and ModelConfig.family) -> family module
+FAMILIES: dict[str, ModuleType] = {
+    qwen3.MODEL_TYPE: qwen3, llama3.MODEL_TYPE: llama3,
+    **{t: gemma3 for t in (gemma3.MODEL_TYPE, *gemma3.HF_MODEL_TYPES)},
+}
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model",
@@ -136,6 +140,9 @@ def from_pretrained(path_or_id: str, *, dtype=jnp.float32, param_dtype=jnp.float
         if hit is None or hit[0] not in params:
             if cfg.tie_embeddings and name == "lm_head.weight":
                 continue  # some tied checkpoints still store the head
+            ignore = getattr(family(cfg), "IGNORE", None)
+            if ignore is not None and ignore.search(name):
+                continue  # e.g. the vision tower of a multimodal checkpoint
             raise ValueError(f"{directory}: checkpoint tensor {name} {hf_arr.shape} has no "
                              f"place in the {cfg.family} model")
         path, rule = hit

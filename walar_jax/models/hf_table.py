@@ -65,3 +65,32 @@ class Table:
             if m:
                 return rule.hf.format(**m.groupdict()), rule
         raise KeyError(f"no HF name for parameter {path!r}")
+
+
+def projection_rules(prefix: str = "model.") -> list[Rule]:
+    """Embedding, attention and gated-MLP projections and the final norm, which every
+    family names the same way under `prefix` (norms inside blocks differ)."""
+    L = prefix + "layers.{i}."
+    return [
+        Rule(prefix + "embed_tokens.weight", "embed"),
+        Rule(L + "self_attn.q_proj.weight", "layers.{i}.attn.q_proj", "linear", 1),
+        Rule(L + "self_attn.k_proj.weight", "layers.{i}.attn.k_proj", "linear", 1),
+        Rule(L + "self_attn.v_proj.weight", "layers.{i}.attn.v_proj", "linear", 1),
+        Rule(L + "self_attn.o_proj.weight", "layers.{i}.attn.o_proj", "linear", 2),
+        Rule(L + "mlp.gate_proj.weight", "layers.{i}.mlp.gate_proj", "linear", 1),
+        Rule(L + "mlp.up_proj.weight", "layers.{i}.mlp.up_proj", "linear", 1),
+        Rule(L + "mlp.down_proj.weight", "layers.{i}.mlp.down_proj", "linear", 1),
+        Rule(prefix + "norm.weight", "final_norm.scale"),
+    ]
+
+
+def llama_norm_rules(prefix: str = "model.", qk_norm: bool = False) -> list[Rule]:
+    L = prefix + "layers.{i}."
+    rules = [
+        Rule(L + "input_layernorm.weight", "layers.{i}.pre_attn_norm.scale"),
+        Rule(L + "post_attention_layernorm.weight", "layers.{i}.pre_mlp_norm.scale"),
+    ]
+    if qk_norm:
+        rules += [Rule(L + "self_attn.q_norm.weight", "layers.{i}.attn.q_norm.scale"),
+                  Rule(L + "self_attn.k_norm.weight", "layers.{i}.attn.k_norm.scale")]
+    return rules

@@ -31,15 +31,19 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (self.scale[...].astype(x.dtype) + self.offset) * xf.astype(x.dtype)
+        if self.offset:  # Gemma scales in fp32, then casts
+            return (xf * (self.scale[...].astype(jnp.float32) + self.offset)).astype(x.dtype)
+        return self.scale[...].astype(x.dtype) * xf.astype(x.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
-    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
-    if cfg.rope_scaling is None:
+def rope_inv_freq(theta: float, head_dim: int, scaling: tuple | None) -> jax.Array:
+    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is None:
         return inv
+    if scaling[0] == "linear":
+        return inv / scaling[1]
     # Llama 3: long wavelengths are divided by `factor`, short ones kept, a smooth ramp between.
-    factor, low, high, orig = cfg.rope_scaling
+    _, factor, low, high, orig = scaling
     wavelen = 2 * jnp.pi / inv
     smooth = (orig / wavelen - low) / (high - low)
     scaled = (1 - smooth) * inv / factor + smooth * inv
@@ -60,17 +64,23 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, sliding: bool = False):
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.q_proj = nnx.Param(_init(rngs, (D, N, H), D, param_dtype), axes=("embed", "q_heads", "head_dim"))
         self.k_proj = nnx.Param(_init(rngs, (D, K, H), D, param_dtype), axes=("embed", "kv_heads", "head_dim"))
         self.v_proj = nnx.Param(_init(rngs, (D, K, H), D, param_dtype), axes=("embed", "kv_heads", "head_dim"))
         self.o_proj = nnx.Param(_init(rngs, (N, H, D), N * H, param_dtype), axes=("q_heads", "head_dim", "embed"))
         if cfg.qk_norm:
-            self.q_norm = RMSNorm(H, cfg.rms_eps, param_dtype=param_dtype)
-            self.k_norm = RMSNorm(H, cfg.rms_eps, param_dtype=param_dtype)
+            self.q_norm = RMSNorm(H, cfg.rms_eps, param_dtype=param_dtype, offset=cfg.norm_offset)
+            self.k_norm = RMSNorm(H, cfg.rms_eps, param_dtype=param_dtype, offset=cfg.norm_offset)
         self.cfg = cfg
         self.dtype = dtype
+        self.sliding = sliding
+        if sliding:
+            self.rope = (cfg.rope_local_theta or cfg.rope_theta, None)
+        else:
+            self.rope = (cfg.rope_theta, cfg.rope_scaling)
+        self.scale = (cfg.query_pre_attn_scalar or H) ** -0.5
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
         cfg, dt = self.cfg, self.dtype
@@ -79,13 +89,13 @@ class Attention(nnx.Module):
         v = jnp.einsum("BSD,DKH->BSKH", x, self.v_proj[...].astype(dt))
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq = rope_inv_freq(cfg)
+        inv_freq = rope_inv_freq(self.rope[0], cfg.head_dim, self.rope[1])
         q = constrain(apply_rope(q, positions, inv_freq), "batch", "length", "q_heads", None)
         k = constrain(apply_rope(k, positions, inv_freq), "batch", "length", "kv_heads", None)
         B, T, N, H = q.shape
         K = cfg.n_kv_heads
         q = q.reshape(B, T, K, N // K, H)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) * (H**-0.5)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) * self.scale
         scores = jnp.where(mask[:, None, None], scores, NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
@@ -93,8 +103,11 @@ class Attention(nnx.Module):
         return jnp.einsum("BTNH,NHD->BTD", out, self.o_proj[...].astype(dt))
 
 
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+
+
 class MLP(nnx.Module):
-    """SwiGLU: down(act(gate(x)) * up(x))."""
+    """Gated MLP: down(act(gate(x)) * up(x)) (SwiGLU, or GeGLU for Gemma)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
         D, F = cfg.d_model, cfg.ffn_dim
@@ -102,10 +115,13 @@ class MLP(nnx.Module):
         self.up_proj = nnx.Param(_init(rngs, (D, F), D, param_dtype), axes=("embed", "mlp"))
         self.down_proj = nnx.Param(_init(rngs, (F, D), F, param_dtype), axes=("mlp", "embed"))
         self.dtype = dtype
+        if cfg.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {cfg.activation!r}; one of {sorted(ACTIVATIONS)}")
+        self.act = cfg.activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
         gate = jnp.einsum("BTD,DF->BTF", x, self.gate_proj[...].astype(dt))
         up = jnp.einsum("BTD,DF->BTF", x, self.up_proj[...].astype(dt))
-        h = constrain(jax.nn.silu(gate) * up, "batch", "length", "mlp")
+        h = constrain(ACTIVATIONS[self.act](gate) * up, "batch", "length", "mlp")
         return jnp.einsum("BTF,FD->BTD", h, self.down_proj[...].astype(dt))

@@ -7,6 +7,8 @@ as vLLM does, unless given.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -25,24 +27,36 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
     return idx - jax.lax.cummax(start, axis=1)
 
 
-def causal_segment_mask(segment_ids: jax.Array) -> jax.Array:
-    """[B, T, S] boolean: query t sees key s <= t of the same non-padding segment."""
+def causal_segment_mask(segment_ids: jax.Array, window: int | None = None) -> jax.Array:
+    """[B, T, S] boolean: query t sees key s <= t of the same non-padding segment (and,
+    with a sliding window, only the last `window` of them, t - s < window)."""
     T = segment_ids.shape[1]
     causal = jnp.tril(jnp.ones((T, T), bool))
+    if window is not None:
+        causal &= ~jnp.tril(jnp.ones((T, T), bool), k=-window)
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     return causal[None] & same & (segment_ids[:, None, :] != 0)
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
-        self.pre_attn_norm = RMSNorm(cfg.d_model, cfg.rms_eps, param_dtype=param_dtype)
-        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.pre_mlp_norm = RMSNorm(cfg.d_model, cfg.rms_eps, param_dtype=param_dtype)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, sliding=False):
+        norm = functools.partial(RMSNorm, cfg.d_model, cfg.rms_eps, param_dtype=param_dtype,
+                                 offset=cfg.norm_offset)
+        self.pre_attn_norm = norm()
+        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, sliding=sliding)
+        self.pre_mlp_norm = norm()
         self.mlp = MLP(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        if cfg.post_norms:
+            self.post_attn_norm = norm()
+            self.post_mlp_norm = norm()
+        self.post_norms = cfg.post_norms
+        self.sliding = sliding
 
-    def __call__(self, x, positions, mask):
-        x = x + self.attn(self.pre_attn_norm(x), positions, mask)
-        x = x + self.mlp(self.pre_mlp_norm(x))
+    def __call__(self, x, positions, masks):
+        h = self.attn(self.pre_attn_norm(x), positions, masks[1] if self.sliding else masks[0])
+        x = x + (self.post_attn_norm(h) if self.post_norms else h)
+        h = self.mlp(self.pre_mlp_norm(x))
+        x = x + (self.post_mlp_norm(h) if self.post_norms else h)
         return constrain(x, "batch", "length", "act_embed")
 
 
@@ -54,10 +68,11 @@ class Transformer(nnx.Module):
         V, D = cfg.vocab_size, cfg.d_model
         self.embed = nnx.Param(jax.random.normal(rngs.params(), (V, D), param_dtype) * 0.02,
                                axes=("vocab", "embed"))
-        self.layers = nnx.List(
-            [Block(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype) for _ in range(cfg.n_layers)]
-        )
-        self.final_norm = RMSNorm(D, cfg.rms_eps, param_dtype=param_dtype)
+        self.layers = nnx.List([
+            Block(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, sliding=i in cfg.sliding_layers)
+            for i in range(cfg.n_layers)
+        ])
+        self.final_norm = RMSNorm(D, cfg.rms_eps, param_dtype=param_dtype, offset=cfg.norm_offset)
         if not cfg.tie_embeddings:
             self.lm_head = nnx.Param(jax.random.normal(rngs.params(), (V, D), param_dtype) * D**-0.5,
                                      axes=("vocab", "embed"))
@@ -76,14 +91,18 @@ class Transformer(nnx.Module):
                            else attention_mask.astype(jnp.int32))
         if positions is None:
             positions = segment_positions(segment_ids)
-        mask = causal_segment_mask(segment_ids)
+        masks = (causal_segment_mask(segment_ids),
+                 causal_segment_mask(segment_ids, self.cfg.sliding_window)
+                 if self.cfg.sliding_layers else None)
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
+        if self.cfg.embed_scale:  # Gemma: the scale is rounded to the compute dtype first
+            x = x * jnp.asarray(self.cfg.d_model**0.5, self.dtype)
         x = constrain(x, "batch", "length", "act_embed")
         for block in self.layers:
             if self.remat:
-                x = nnx.remat(lambda b, *a: b(*a), prevent_cse=False)(block, x, positions, mask)
+                x = nnx.remat(lambda b, *a: b(*a), prevent_cse=False)(block, x, positions, masks)
             else:
-                x = block(x, positions, mask)
+                x = block(x, positions, masks)
         return self.final_norm(x)
 
     def __call__(self, input_ids, attention_mask=None, *, segment_ids=None, positions=None):

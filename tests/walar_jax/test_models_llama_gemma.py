@@ -1,0 +1,95 @@
+"""Llama 3 and Gemma 3 policies against `transformers`: log-probs with padding (Gemma
+across its sliding window), export and reload, sharded equals unsharded."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from walar_jax import models, sharding
+from walar_jax.models import gemma3, llama3
+from tests.walar_jax.hf_fixtures import (hf_token_logprobs, make_hf_gemma3, make_hf_llama,
+                                         padded_batch)
+
+MAKERS = {
+    "llama3": lambda p: make_hf_llama(p),
+    "llama3_tied": lambda p: make_hf_llama(p, tie=True),
+    "gemma3": lambda p: make_hf_gemma3(p),
+    "gemma3_multimodal": lambda p: make_hf_gemma3(p, multimodal=True),
+}
+
+
+def jax_logprobs(model, ids, mask):
+    ids = jnp.asarray(ids)
+    return np.asarray(model.token_logprobs(ids, jnp.roll(ids, -1, 1), jnp.asarray(mask), chunk=8))[:, :-1]
+
+
+@pytest.mark.parametrize("name", sorted(MAKERS))
+@pytest.mark.parametrize("left", [False, True])
+def test_logprobs_match_transformers(tmp_path, name, left):
+    hf = MAKERS[name](tmp_path)
+    # 24 tokens: far past Gemma's window of 4, and past Llama's original 64/8 wavelengths
+    ids, mask = padded_batch(np.random.default_rng(1), 380, [24, 9, 17], 24, left)
+    ref = hf_token_logprobs(hf, ids, mask)
+    got = jax_logprobs(models.from_pretrained(str(tmp_path)), ids, mask)
+    real = (mask[:, 1:] * mask[:, :-1]).astype(bool)
+    assert np.abs(got - ref)[real].max() <= 1e-4
+
+
+def test_sliding_window_really_limits_attention(tmp_path):
+    make_hf_gemma3(tmp_path)
+    model = models.from_pretrained(str(tmp_path))
+    assert model.cfg.sliding_layers == (0, 2) and model.cfg.sliding_window == 4
+    ids = np.random.default_rng(2).integers(1, 380, (1, 12))
+    changed = ids.copy()
+    changed[0, 0] = (ids[0, 0] + 1) % 380
+    a, b = jax_logprobs(model, ids, np.ones_like(ids)), jax_logprobs(model, changed, np.ones_like(ids))
+    assert np.abs(a - b)[0, 8:].max() > 1e-4  # the global layer still sees token 0
+
+
+@pytest.mark.parametrize("name", ["llama3", "gemma3", "gemma3_multimodal"])
+def test_export_reload_in_transformers(tmp_path, name):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    hf = MAKERS[name](src)
+    models.save_pretrained(models.from_pretrained(str(src)), str(out), dtype=np.float32)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == [{"llama3": "LlamaForCausalLM"}.get(name, "Gemma3ForCausalLM")]
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    ids = torch.randint(1, 380, (2, 13))
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(ids).logits.numpy(), hf(ids).logits.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama3", "gemma3"])
+def test_sharded_equals_single_device(tmp_path, name):
+    MAKERS[name](tmp_path)
+    ids, mask = padded_batch(np.random.default_rng(3), 380, [16, 7, 12, 16], 16, left=True)
+    single = models.from_pretrained(str(tmp_path))
+    mesh = sharding.make_mesh((2, 2, 2))
+    sharded = models.from_pretrained(str(tmp_path), mesh=mesh)
+
+    @jax.jit
+    def fwd(m, ids, mask):
+        return m.token_logprobs(ids, jnp.roll(ids, -1, 1), mask, chunk=8)
+
+    ref = np.asarray(fwd(single, jnp.asarray(ids), jnp.asarray(mask)).block_until_ready())
+    with sharding.use_sharding(sharding.ShardingCtx(mesh)):
+        got = fwd(sharded, jnp.asarray(ids), jnp.asarray(mask)).block_until_ready()
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5)
+
+
+def test_named_constructors_match_published_configs():
+    l8 = llama3.llama3_8b()
+    assert (l8.d_model, l8.n_layers, l8.n_heads, l8.n_kv_heads, l8.ffn_dim, l8.vocab_size,
+            l8.rope_theta, l8.tie_embeddings) == (4096, 32, 32, 8, 14336, 128256, 5e5, False)
+    assert 8.0e9 < l8.num_params < 8.05e9
+    assert llama3.llama3p2_1b().rope_scaling == ("llama3", 32.0, 1.0, 4.0, 8192)
+    g4 = gemma3.translategemma_4b()
+    assert (g4.d_model, g4.n_layers, g4.n_heads, g4.n_kv_heads, g4.head_dim, g4.sliding_window,
+            g4.vocab_size) == (2560, 34, 8, 4, 256, 1024, 262208)
+    assert g4.sliding_layers[:6] == (0, 1, 2, 3, 4, 6) and len(g4.sliding_layers) == 34 - 5
