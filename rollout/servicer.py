@@ -114,6 +114,11 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             except E.EngineBroken as err:
                 log.error("%s", err)
                 context.abort(grpc.StatusCode.INTERNAL, str(err))
+            except grpc.RpcError:
+                raise  # the client went away mid-stream; nothing was installed
+            except Exception as err:  # say what broke instead of gRPC's bare UNKNOWN
+                log.exception("UpdateWeights failed")
+                context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
         return pb.UpdateWeightsResponse(
             version=res.version, changed=res.changed, num_tensors=res.num_tensors,
             num_bytes=res.num_bytes, receive_s=received, install_s=res.install_s,
