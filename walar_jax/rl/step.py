@@ -84,20 +84,29 @@ def micro_weights(mask, loss_agg: str):
     return per / jnp.maximum(per.sum(), 1.0)
 
 
-def train_step(graphdef, tx, cfg: LossConfig, params, opt_state, batch):
-    """One optimizer step on batch [M, B, T]; returns (params, opt_state, metrics)."""
+def train_step(graphdef, tx, cfg: LossConfig, params, opt_state, batch, *, param_shardings=None):
+    """One optimizer step on batch [M, B, T]; returns (params, opt_state, metrics).
+
+    `param_shardings` keeps the fp32 gradient accumulator sharded like the parameters
+    (left to propagation, XLA may replicate it: a full fp32 copy of the model per device).
+    """
     weights = micro_weights(batch["mask"], cfg.loss_agg)
     grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
+
+    def shard_like_params(tree):
+        if param_shardings is None:
+            return tree
+        return jax.tree.map(jax.lax.with_sharding_constraint, tree, param_shardings)
 
     def body(acc, xs):
         mb, w = xs
         (loss, parts), g = grad_fn(params, graphdef, mb, w, cfg)
         grads, sums = acc
-        grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+        grads = shard_like_params(jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g))
         sums = jax.tree.map(jnp.add, sums, {"loss": loss, **parts})
         return (grads, sums), None
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zeros = shard_like_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
     keys = ("loss", "pg_loss", "kl", "entropy", "clip_frac", "ratio_mean")
     init = (zeros, {k: jnp.zeros((), jnp.float32) for k in keys})
     (grads, sums), _ = jax.lax.scan(body, init, (batch, weights))

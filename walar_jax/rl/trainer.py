@@ -26,6 +26,12 @@ from walar_jax import sharding as shd
 from walar_jax.metrics import MetricsWriter, truncate_log
 from walar_jax.rl import grpo
 from walar_jax.rl.step import LossConfig, logprob_pass, make_optimizer, train_step
+from walar_jax.services import (
+    reward_service,
+    rollout_service,
+    service_flags,  # noqa: F401 - re-exported for callers of the trainer module
+    started,
+)
 
 log = logging.getLogger(__name__)
 RewardFn = Callable[[list[dict]], tuple[list[float], dict[str, float]]]
@@ -41,19 +47,6 @@ def resolve_model_path(path: str) -> str:
 
         return make_tiny_checkpoint(str(launch.REPO_ROOT / ".cache" / "tiny_qwen3"))
     return models.resolve_checkpoint(path)
-
-
-def service_flags(flags: dict) -> list[str]:
-    """{k: v} -> argparse flags; True/False become --k / --no-k, empty values are left out."""
-    out = []
-    for k, v in flags.items():
-        if v is None or v == "":
-            continue
-        if isinstance(v, bool):
-            out.append(f"--{k}" if v else f"--no-{k}")
-        else:
-            out.append(f"--{k}={v}")
-    return out
 
 
 def reward_from_service(client) -> RewardFn:
@@ -141,7 +134,8 @@ class Trainer:
         batch_sh = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp")))
         self._batch_sh = batch_sh
         self._train_step = jax.jit(
-            functools.partial(train_step, self.graphdef, self.tx, self.loss_cfg),
+            functools.partial(train_step, self.graphdef, self.tx, self.loss_cfg,
+                              param_shardings=self.param_shardings),
             in_shardings=(self.param_shardings, self.opt_shardings, batch_sh),
             out_shardings=(self.param_shardings, self.opt_shardings, None),
             donate_argnums=(0, 1))
@@ -356,31 +350,20 @@ def services(config, model_dir: str, workdir: str):
     processes started here (each in its own environment) and stopped on exit."""
     from walar_jax.clients import RewardClient, RolloutClient
 
-    started: list[launch.Service] = []
-    try:
-        rollout_addr = config.rollout.address
-        if not rollout_addr:
-            svc = launch.Service("rollout", [launch.env_python("rollout"), "rollout_server.py",
-                                             "--model", model_dir, *service_flags(config.rollout.server)],
-                                 log_path=os.path.join(workdir, "rollout_server.log"))
-            started.append(svc)
-        reward_addrs = [a for a in config.reward.addresses if a]
-        if not reward_addrs:
-            svc = launch.Service("reward", [launch.env_python("reward"), "-m", "reward.server",
-                                            *service_flags(config.reward.server)],
-                                 log_path=os.path.join(workdir, "reward_server.log"))
-            started.append(svc)
-        for svc in started:  # launched one after the other: start-up is CPU-heavy
-            svc.start(timeout_s=config.service_start_timeout_s)
-            log.info("%s service listening on %s (log: %s)", svc.name, svc.address, svc.log_path)
-        by_name = {s.name: s.address for s in started}
+    to_start: list[launch.Service] = []
+    rollout_addr = config.rollout.address
+    if not rollout_addr:
+        to_start.append(rollout_service(model_dir, config.rollout.server,
+                                        os.path.join(workdir, "rollout_server.log")))
+    reward_addrs = [a for a in config.reward.addresses if a]
+    if not reward_addrs:
+        to_start.append(reward_service(config.reward.server,
+                                       os.path.join(workdir, "reward_server.log")))
+    with started(to_start, timeout_s=config.service_start_timeout_s) as by_name:
         rollout = RolloutClient(rollout_addr or by_name["rollout"], token=config.rollout.token or None)
         reward = RewardClient(reward_addrs or [by_name["reward"]], token=config.reward.token or None,
                               timeout_s=config.reward.timeout_s)
         yield rollout, reward
-    finally:
-        for svc in reversed(started):
-            svc.stop()
 
 
 def main(config, workdir: str) -> None:
