@@ -59,3 +59,28 @@ def base() -> ml_collections.ConfigDict:
     c.export_every = 0         # 0: export to HF only at the end
     c.log_every = 1
     return c
+
+
+def paper(model_path: str) -> ml_collections.ConfigDict:
+    """WALAR's run (the paper's hyperparameters) for one policy checkpoint."""
+    c = base()
+    c.model.update(path=model_path, dtype="bfloat16", param_dtype="float32", remat=True)
+    c.mesh.update(data=1, fsdp=-1, tensor=1)  # all devices on fsdp (bench/aot_memory.py)
+    # Reward: GlotLID gate, MetricX-24 QE, MaskLID + bge-m3 (layer 24) alignment, alpha 20.
+    # GlotLID is a fastText file: download cis-lmu/glotlid's model_v3.bin and point here.
+    c.reward.server.update(qe="metricx", alpha=20.0, masklid=True, align=True)
+    c.reward.server.qe_model = "google/metricx-24-hybrid-xl-v2p6"
+    c.reward.server.qe_tokenizer = "google/mt5-xl"
+    c.reward.server.lid_model = "models/glotlid/model_v3.bin"
+    c.reward.server.lid_labels = "glotlid"
+    c.reward.server.align_model = "BAAI/bge-m3"
+    c.reward.server.align_layer = 24
+    c.data.paths = ("data/walar_train",)  # one <flores_code>.txt per language, or WALAR JSONL
+    c.rollout.update(n=8, temperature=1.0, max_tokens=512, max_prompt_tokens=512)
+    c.rollout.server.update(dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.6)
+    c.grpo.update(scale_by_std=True, clip_low=0.2, clip_high=0.2, kl_coef=0.01,
+                  kl_estimator="k3", loss_agg="token_mean")
+    c.optim.update(lr=5e-7, b1=0.9, b2=0.95, warmup_frac=0.03, clip_norm=1.0)
+    c.rollout_batch_prompts, c.train_batch_size, c.micro_batch_size = 128, 1024, 8
+    c.total_steps = 0  # one epoch
+    return c

@@ -26,3 +26,17 @@ def test_resolved_config_saved(tmp_path):
     path = cfglib.save(c, str(tmp_path))
     saved = json.loads(open(path).read())
     assert saved["seed"] == 3 and saved["model"]["path"] == "Qwen/Qwen3-8B"
+
+
+@pytest.mark.parametrize("name,path,template", [
+    ("qwen3_8b", "Qwen/Qwen3-8B", "auto"),
+    ("llamax3_8b", "LLaMAX/LLaMAX3-8B-Alpaca", "alpaca"),
+    ("translategemma_4b", "google/translategemma-4b-it", "translategemma"),
+])
+def test_paper_configs(name, path, template):
+    c = cfglib.load(f"configs/{name}.py")
+    assert c.model.path == path and c.data.template == template
+    assert (c.rollout.n, c.rollout_batch_prompts, c.train_batch_size) == (8, 128, 1024)
+    assert (c.optim.lr, c.grpo.kl_coef, c.grpo.kl_estimator, c.grpo.clip_low) == (5e-7, 0.01, "k3", 0.2)
+    assert (c.rollout.max_tokens, c.rollout.temperature, c.reward.server.alpha) == (512, 1.0, 20.0)
+    assert c.reward.server.qe == "metricx" and c.reward.server.align_layer == 24

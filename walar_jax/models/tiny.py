@@ -34,6 +34,21 @@ def tiny_config(**overrides) -> ModelConfig:
     return base.replace(**overrides)
 
 
+def tiny_llama_config(**overrides) -> ModelConfig:
+    """Tiny Llama 3 (with Llama 3 RoPE scaling) of the same size, for tests of that family."""
+    return tiny_config(family="llama", qk_norm=False, rms_eps=1e-5, rope_theta=500_000.0,
+                       rope_scaling=("llama3", 8.0, 1.0, 4.0, 64)).replace(**overrides)
+
+
+def tiny_gemma_config(**overrides) -> ModelConfig:
+    """Tiny Gemma 3 text decoder: two sliding-window layers (window 8) around a global one."""
+    return tiny_config(
+        family="gemma3", n_layers=3, tie_embeddings=True, norm_offset=1.0, post_norms=True,
+        embed_scale=True, activation="gelu_tanh", sliding_layers=(0, 2), sliding_window=8,
+        rope_local_theta=10_000.0, rope_scaling=("linear", 8.0), query_pre_attn_scalar=32.0,
+    ).replace(**overrides)
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (used by ByteLevel)."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))

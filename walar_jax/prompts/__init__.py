@@ -58,7 +58,7 @@ def language_name(code: str) -> str:
 
 
 def default_template(family: str) -> str:
-    return {"qwen3": "chat", "llama3": "alpaca", "gemma3": "translategemma"}.get(family, "plain")
+    return {"qwen3": "chat", "llama": "alpaca", "gemma3": "translategemma"}.get(family, "plain")
 
 
 def build_prompt(text: str, src: str, tgt: str, *, template: str, tokenizer=None) -> str:
