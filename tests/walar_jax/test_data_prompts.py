@@ -39,10 +39,10 @@ def test_walar_jsonl_with_label(tmp_path):
 
 def test_prompt_formats(tmp_path):
     from walar_jax.models.tiny import write_byte_tokenizer
-    from transformers import AutoTokenizer
+    from walar_jax.tokenizer import Tokenizer
 
     write_byte_tokenizer(str(tmp_path), 384)
-    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    tok = Tokenizer(str(tmp_path))
     p = prompts.build_prompt("Good morning.", "eng_Latn", "swh_Latn", template="chat", tokenizer=tok)
     assert p.startswith("<|im_start|>user\nTranslate the following text from English into Swahili")
     assert p.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
@@ -70,3 +70,20 @@ def test_translategemma_template_gets_codes_and_text():
                                tokenizer=Tok())
     assert got == "<en>sw|Good morning."
     assert prompts.language_code("zul_Latn") == "zu"
+
+
+def test_tokenizer_matches_transformers(tmp_path):
+    from transformers import AutoTokenizer
+    from walar_jax.models.tiny import write_byte_tokenizer
+    from walar_jax.tokenizer import Tokenizer
+
+    write_byte_tokenizer(str(tmp_path), 384)
+    ours, ref = Tokenizer(str(tmp_path)), AutoTokenizer.from_pretrained(str(tmp_path))
+    msgs = [{"role": "user", "content": "Traduis: «été» 你好"}]
+    for kw in ({}, {"enable_thinking": False}):
+        a = ours.apply_chat_template(msgs, add_generation_prompt=True, **kw)
+        b = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kw)
+        assert a == b
+        assert ours.encode(a) == ref(b, add_special_tokens=False)["input_ids"]
+    ids = ours.encode("été 你好")
+    assert ours.decode(ids) == ref.decode(ids) == "été 你好"

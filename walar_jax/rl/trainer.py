@@ -24,6 +24,7 @@ from flax import nnx
 from walar_jax import data, launch, models, prompts
 from walar_jax import sharding as shd
 from walar_jax.metrics import MetricsWriter, truncate_log
+from walar_jax.tokenizer import Tokenizer
 from walar_jax.rl import grpo
 from walar_jax.rl.step import LossConfig, logprob_pass, make_optimizer, train_step
 from walar_jax.services import (
@@ -85,9 +86,7 @@ class Trainer:
         log.info("mesh %s over %d devices (%s)", dict(self.mesh.shape), self.mesh.size,
                  jax.default_backend())
         self.model_dir = resolve_model_path(c.model.path)
-        from transformers import AutoTokenizer  # tokenizers only: no torch in this env
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.tokenizer = Tokenizer(self.model_dir)
         dtype = jnp.dtype(c.model.dtype)
         with shd.use_sharding(self.ctx):
             model = models.from_pretrained(self.model_dir, dtype=dtype,
@@ -193,7 +192,7 @@ class Trainer:
         for t in tasks:
             text = prompts.build_prompt(t.text, t.src_lang, t.tgt_lang, template=self.template,
                                         tokenizer=self.tokenizer)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer.encode(text)
             if len(ids) > self.c.rollout.max_prompt_tokens:
                 ids = ids[-self.c.rollout.max_prompt_tokens:]  # keep the answer cue
                 log.warning("prompt of %d tokens truncated to max_prompt_tokens", len(ids))
