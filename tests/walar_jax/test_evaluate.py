@@ -294,3 +294,23 @@ def test_bad_input_is_a_clear_error(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         "evaluate.py: error: unknown FLORES-200 language code 'xyz_Latn'")
+
+
+def test_evaluation_imports_neither_torch_nor_vllm():
+    """The evaluate process (trainer env) builds prompts without transformers/torch."""
+    code = (
+        "import sys, os, tempfile\n"
+        "import walar_jax.evaluation.cli, walar_jax.evaluation.plots, walar_jax.evaluation.judge\n"
+        "from walar_jax.evaluation import generate\n"
+        "from walar_jax.models.tiny import make_tiny_checkpoint\n"
+        "from walar_jax.tokenizer import Tokenizer\n"
+        "d = make_tiny_checkpoint(os.path.join(tempfile.mkdtemp(), 'm'))\n"
+        "ids = generate.prompt_ids(Tokenizer(d), 'Hello.', 'eng_Latn', 'fra_Latn',\n"
+        "                          generate.GenSettings(template='chat'))\n"
+        "assert len(ids) > 10\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm'))\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False, timeout=120, cwd=launch.REPO_ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]

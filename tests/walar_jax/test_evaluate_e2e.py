@@ -11,12 +11,13 @@ import sys
 
 import pytest
 import sacrebleu
-from transformers import AutoTokenizer
 
 from walar_jax import launch, services
 from walar_jax.clients import RewardClient, RolloutClient
 from walar_jax.evaluation import cli, flores, generate, metrics
+from walar_jax.evaluation import model as model_lib
 from walar_jax.models.tiny import make_tiny_checkpoint
+from walar_jax.tokenizer import Tokenizer
 
 from .evaluate_helpers import FLORES, FakeOpenAI, needs_flores, serve_fake_openai
 
@@ -33,8 +34,32 @@ def fake_openai():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
+def workdir(tmp_path_factory):
+    """A training work directory with a real Trainer checkpoint at step 2 whose params
+    differ from the base tiny model's."""
+    import jax
+
+    from walar_jax import config as cfglib
+    from walar_jax.rl.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("train")
+    base = make_tiny_checkpoint(str(root / "base"))
+    c = cfglib.load("configs/tiny.py", {"model.path": base, "tensorboard": False})
+    cfglib.save(c, str(root / "run"))
+    t = Trainer(c, str(root / "run"), rollout=None, reward_fn=None)
+    leaves, tree = jax.tree.flatten(t.params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    t.params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
+                                         for x, k in zip(leaves, keys)])
+    t.step = 2
+    t.save_checkpoint()
+    return str(root / "run")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(workdir, tmp_path_factory):
+    """Step 2 of `workdir` as an HF directory: the model the module's sidecar serves."""
+    return model_lib.export_step(workdir, 2, str(tmp_path_factory.mktemp("export") / "step_2"))
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +77,21 @@ def _results(out):
         return {r["direction"]: r for r in csv.DictReader(f)}
 
 
-def test_documented_command_3x3_end_to_end(tiny_dir, addrs, tmp_path):
+def test_3x3_end_to_end_from_a_training_checkpoint(workdir, tiny_dir, addrs, tmp_path):
+    """evaluate.py exports step 2 on the fly, starts its own sidecar and reward service."""
     out = tmp_path / "eval"
-    cmd = [sys.executable, "evaluate.py", "--model", tiny_dir, "--flores_dir", str(FLORES),
-           "--languages", LANGS, "--max_sentences", "4", "--max_tokens", "16", "--out", str(out),
-           f"--rollout_args={ROLLOUT_ARGS}", "--reward_args=--device=cpu",
-           "--train_directions", "eng_Latn-*"]
-    proc = subprocess.run(cmd, cwd=launch.REPO_ROOT, capture_output=True, text=True, timeout=400, check=False)
+    cmd = [sys.executable, "evaluate.py", "--workdir", workdir, "--step", "2",
+           "--flores_dir", str(FLORES), "--languages", LANGS, "--max_sentences", "4",
+           "--max_tokens", "16", "--out", str(out), f"--rollout_args={ROLLOUT_ARGS}",
+           "--reward_args=--device=cpu", "--train_directions", "eng_Latn-*"]
+    proc = subprocess.run(cmd, cwd=launch.REPO_ROOT, capture_output=True, text=True,
+                          timeout=400, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| seen | 2 |" in proc.stdout and "| unseen | 4 |" in proc.stdout
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["model"] == f"{os.path.abspath(workdir)}@2"
+    assert meta["model_dir"] == str(out / "model" / "step_2")
+    assert "serves " + str(out / "model" / "step_2") in proc.stderr
     rows = _results(out)
     assert len(rows) == 6
     data = flores.Flores(str(FLORES), "devtest")
@@ -82,8 +113,9 @@ def test_documented_command_3x3_end_to_end(tiny_dir, addrs, tmp_path):
             want = 100 * sum(it.ok and it.language_ok for it in got.items) / 4
             assert float(row["lcr"]) == pytest.approx(want)
             assert row["seen"] == str(src == "eng_Latn")
-    # greedy, same prompts as training: the module's sidecar (same weights) agrees
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    # greedy, training's prompts: the module's sidecar, serving its own export of the
+    # same step, gives the same outputs
+    tok = Tokenizer(tiny_dir)
     h = generate.read_hypotheses(str(out), "fra_Latn", "swh_Latn")[2]
     ids = generate.prompt_ids(tok, h["source"], "fra_Latn", "swh_Latn",
                               generate.GenSettings(template="chat"))
@@ -93,7 +125,6 @@ def test_documented_command_3x3_end_to_end(tiny_dir, addrs, tmp_path):
     for png in ("heatmap_chrf", "heatmap_bleu", "heatmap_lcr", "lcr_by_target"):
         assert (out / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     assert "### By target resource level" in (out / "summary.md").read_text()
-    meta = json.loads((out / "results.json").read_text())["meta"]
     assert meta["template"] == "chat" and meta["n_sentences"] == 4
 
 

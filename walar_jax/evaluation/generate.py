@@ -51,7 +51,7 @@ def _write_atomic(path: str, rows: list[dict]) -> None:
 def prompt_ids(tokenizer, text: str, src: str, tgt: str, s: GenSettings) -> list[int]:
     """Token ids of the training prompt; an over-long prompt keeps its end (the answer cue)."""
     prompt = prompts.build_prompt(text, src, tgt, template=s.template, tokenizer=tokenizer)
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = list(tokenizer.encode(prompt, add_special_tokens=False))
     if len(ids) > s.max_prompt_tokens:
         log.warning("prompt of %d tokens (%s-%s) truncated to %d", len(ids), src, tgt,
                     s.max_prompt_tokens)

@@ -127,15 +127,14 @@ def _check_meta(out: str, meta: dict) -> None:
 
 
 def translate_all(c: EvalConfig, data, directions, n: int, model_dir: str, template: str) -> list:
-    from transformers import AutoTokenizer
-
     from walar_jax.clients import RolloutClient
+    from walar_jax.tokenizer import Tokenizer  # tokenizers + jinja2: no torch here
 
     todo = [d for d in directions if not generate.is_finished(c.out, *d, n)]
     if not todo:
         log.info("all %d directions already translated", len(directions))
         return []
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = Tokenizer(model_dir)
     settings = generate.GenSettings(template=template, max_tokens=c.max_tokens,
                                     temperature=c.temperature, batch_size=c.batch_size)
     make = lambda log_path: services.rollout_service(
