@@ -23,7 +23,9 @@ from reward.scorer import RawItem, RewardConfig, RewardScorer, batch_metrics
 
 log = logging.getLogger("reward.server")
 
-PENALTIES = {"metricx": -25.0, "comet": 0.0, "embed": 0.0, "none": 0.0}
+# The penalty is the bottom of each QE term's range (as WALAR's -25 for MetricX and 0 for
+# COMET), so that a penalised item never outscores one that passed: cosine goes to -1.
+PENALTIES = {"metricx": -25.0, "comet": 0.0, "embed": -1.0, "none": 0.0}
 MINILM_WARNING = (
     "alignment encoder is the embedded all-MiniLM-L6-v2: it is English-only and its hidden "
     "states are too small for WALAR's softmax-threshold rule, so nearly every word pair "
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hanlp_model", default=None, help="local HanLP tokenizer (else jieba)")
     p.add_argument("--alpha", type=float, default=20.0, help="weight of the alignment F1")
     p.add_argument("--penalty", type=float, default=None,
-                   help="reward of a wrong-language or bad item (default: -25 metricx, else 0)")
+                   help="reward of a wrong-language or bad item (default: the bottom of the QE range: "
+                        "-25 metricx, 0 comet, -1 embed, 0 none)")
     p.add_argument("--max_chars", type=int, default=20000,
                    help="longer texts get status TOO_LONG and the penalty")
     p.add_argument("--max_batch", type=int, default=8192, help="most items per Score call")

@@ -69,7 +69,7 @@ def test_good_and_bad_batches(server):
     for r in res.results[:3]:
         assert r.language_ok and r.reward == pytest.approx(r.qe + 20 * r.align_f1)
     for r in res.results[3:]:
-        assert r.reward == 0.0  # embed QE: penalty 0
+        assert r.reward == -1.0  # embed QE: penalty -1, the bottom of the cosine range
     assert not res.results[6].language_ok and res.results[6].detected_lang == "eng_Latn"
     m = res.metrics
     assert m.n_items == 7 and m.n_bad_items == 3

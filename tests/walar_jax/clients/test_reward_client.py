@@ -51,7 +51,7 @@ def test_good_batch_rewards_and_components(server):
     assert ok.status == "OK" and ok.language_ok and ok.detected_lang == "fra_Latn"
     assert ok.reward == pytest.approx(ok.qe + 20.0 * ok.align_f1)  # embed QE + alpha * F1
     assert -1.0 <= ok.qe <= 1.0 and 0.0 <= ok.align_f1 <= 1.0
-    assert copy.status == "OK" and not copy.language_ok and copy.reward == 0.0
+    assert copy.status == "OK" and not copy.language_ok and copy.reward == -1.0  # embed penalty
     assert copy.align_f1 is None and copy.detected_lang == "eng_Latn"
     assert named.reward == pytest.approx(ok.reward)  # "French" resolves like fra_Latn
     assert batch.rewards == [ok.reward, copy.reward, named.reward]
@@ -63,7 +63,7 @@ def test_bad_items_come_back_with_status_and_penalty(server):
     with RewardClient(server.address, token=TOKEN, timeout_s=120) as client:
         batch = client.score([_item(""), _item("chat \ud800"), _item("mot " * 6000), _item(FR)])
     assert [it.status for it in batch.items] == ["EMPTY_TEXT", "INVALID_TEXT", "TOO_LONG", "OK"]
-    assert [it.reward for it in batch.items[:3]] == [0.0, 0.0, 0.0]
+    assert [it.reward for it in batch.items[:3]] == [-1.0, -1.0, -1.0]
     assert batch.metrics["n_bad_items"] == 3
 
 
@@ -143,3 +143,36 @@ def test_killed_and_restarted_server_is_survived_by_retries(tmp_path, caplog):
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(30)
+
+
+def test_tls_with_token(tmp_path):
+    """--tls_cert/--tls_key on the server, the certificate as the client's root."""
+    try:
+        env_python("reward")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                           "-keyout", str(key), "-out", str(cert), "-days", "1",
+                           "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"openssl could not make a certificate: {made.stderr[-200:]!r}")
+    argv = [*_server_argv(), "--tls_cert", str(cert), "--tls_key", str(key), "--no-align",
+            "--qe", "none"]
+    with Service("reward-tls", argv, log_path=str(tmp_path / "tls.log")) as svc:
+        address = "localhost:" + svc.address.rsplit(":", 1)[1]
+        with RewardClient(address, token=TOKEN, tls_root_cert=str(cert)) as client:
+            batch = client.score([_item(FR), _item(EN)])
+        assert [it.language_ok for it in batch.items] == [True, False]
+        assert batch.rewards == [0.0, 0.0]  # no QE, no alignment: gate only, penalty 0
+        with RewardClient(svc.address, token=TOKEN, max_attempts=1) as plain:
+            with pytest.raises(ServiceUnavailableError):  # plaintext to a TLS port
+                plain.score([_item(FR)])
+
+
+def test_trainer_side_client_does_not_import_torch():
+    import sys
+
+    code = "import sys, walar_jax.clients; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
