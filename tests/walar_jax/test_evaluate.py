@@ -174,7 +174,8 @@ def test_compare_deltas_wins_losses_and_heatmap(tmp_path):
     for name, rows in (("a", a), ("b", b)):
         (tmp_path / name).mkdir()
         report.annotate(rows, None, report.RESOURCE_LEVELS)
-        report.write_tables(str(tmp_path / name), rows, {"model": name})
+        report.write_tables(str(tmp_path / name), rows,
+                            {"model": name, "split": "devtest", "n_sentences": 4})
     res = cli.main(["--compare", str(tmp_path / "a"), str(tmp_path / "b"),
                     "--out", str(tmp_path / "cmp")])
     by_dir = {r["direction"]: r for r in res["directions"]}
@@ -187,6 +188,9 @@ def test_compare_deltas_wins_losses_and_heatmap(tmp_path):
     assert res["counts"]["metricx"] == {"wins": 1, "losses": 2, "ties": 2}
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| chrF++ | 30.00 | 29.60 | -0.40 | 2 | 1 | 2 |" in md
+    assert "**Note:**" not in md  # same settings
+    assert compare.setting_differences({"meta": {"n_sentences": 4}},
+                                       {"meta": {"n_sentences": 8}}) == {"n_sentences": (4, 8)}
     png = tmp_path / "cmp" / "plots" / "delta_chrf.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match="no .*results.json"):
@@ -213,6 +217,12 @@ def test_judge_retries_parses_and_never_pays_twice(fake_openai, tmp_path):
     other_model = judge_lib.Judge(fake_openai, "other", None, str(cache))
     assert other_model.score("Hello world.", "Bonjour le monde.", "eng_Latn", "fra_Latn") == 73.0
     assert other_model.requests == 1 and FakeOpenAI.seen[-1][1] is None
+    # concurrent requests: each distinct prompt is sent once
+    par = judge_lib.Judge(fake_openai, "judge-model", None, str(tmp_path / "par.jsonl"))
+    a, b = rows[0], {**rows[0], "hypothesis": "Salut le monde."}
+    sent = len(FakeOpenAI.seen)
+    assert par.mean([a, b, a, b, a], workers=4) == 73.0
+    assert par.requests == 2 and len(FakeOpenAI.seen) == sent + 2
 
 
 def test_judge_fails_clearly(fake_openai, tmp_path):

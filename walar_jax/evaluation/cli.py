@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--judge_model", default="")
     g.add_argument("--judge_key_env", default=d.judge_key_env, help="env var with the key")
     g.add_argument("--judge_max_sentences", type=int, default=0, help="per direction (0: all)")
+    g.add_argument("--judge_workers", type=int, default=d.judge_workers,
+                   help="requests in flight at once")
     g.add_argument("--service_timeout_s", type=float, default=d.service_timeout_s)
     return p
 

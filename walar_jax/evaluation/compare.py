@@ -45,9 +45,20 @@ def deltas(a: dict, b: dict) -> tuple[list[dict], dict[str, dict[str, int]]]:
     return out, counts
 
 
-def _markdown(rows: list[dict], counts: dict, name_a: str, name_b: str) -> str:
+SETTINGS = ("split", "n_sentences", "template", "max_tokens", "temperature")
+
+
+def setting_differences(a: dict, b: dict) -> dict:
+    """Settings (other than the model) in which the two runs differ: {key: (A, B)}."""
+    ma, mb = a.get("meta", {}), b.get("meta", {})
+    return {k: (ma.get(k), mb.get(k)) for k in SETTINGS if ma.get(k) != mb.get(k)}
+
+
+def _markdown(rows: list[dict], counts: dict, name_a: str, name_b: str, diff: dict) -> str:
     ms = list(counts)
-    lines = [f"# Comparison: B = {name_b} vs A = {name_a}", "",
+    note = ([f"**Note:** the runs differ in more than the model: {diff} (A, B).", ""]
+            if diff else [])
+    lines = [f"# Comparison: B = {name_b} vs A = {name_a}", "", *note,
              (f"{len(rows)} shared directions. Delta = B - A; a win is a direction where B "
               "is better (lower for MetricX)."), "",
              "| metric | mean A | mean B | mean delta | wins | losses | ties |",
@@ -80,7 +91,7 @@ def compare(run_a: str, run_b: str, out: str) -> dict:
         json.dump({"run_a": run_a, "run_b": run_b, "counts": counts, "directions": rows}, f,
                   indent=2)
     with open(os.path.join(out, "compare.md"), "w", encoding="utf-8") as f:
-        f.write(_markdown(rows, counts, name_a, name_b))
+        f.write(_markdown(rows, counts, name_a, name_b, setting_differences(a, b)))
     for m in counts:
         plots.delta_heatmap(rows, m, os.path.join(out, "plots", f"delta_{m}.png"),
                             f"{METRIC_LABELS[m]}: B - A (blue: B better, red: B worse)\n"

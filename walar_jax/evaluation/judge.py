@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from walar_jax.prompts import language_name
 
@@ -52,6 +54,7 @@ class Judge:
         self.cache_path = cache_path
         self.cache: dict[str, dict] = {}
         self.requests = 0  # HTTP requests actually sent (cache misses and retries)
+        self._lock = threading.Lock()
         if os.path.isfile(cache_path):
             with open(cache_path, encoding="utf-8") as f:
                 for line in f:
@@ -69,7 +72,8 @@ class Judge:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        self.requests += 1
+        with self._lock:
+            self.requests += 1
         with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
             data = json.loads(resp.read().decode("utf-8"))
         try:
@@ -107,17 +111,27 @@ class Judge:
 
     def _remember(self, key: str, score: float, answer: str) -> None:
         row = {"key": key, "model": self.model, "score": score, "answer": answer}
-        self.cache[key] = row
-        os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
-        with open(self.cache_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with self._lock:
+            self.cache[key] = row
+            os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
+            with open(self.cache_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    @staticmethod
+    def prompt(source: str, hypothesis: str, src: str, tgt: str) -> str:
+        return RUBRIC.format(src=language_name(src), tgt=language_name(tgt), source=source,
+                             hypothesis=hypothesis)
 
     def score(self, source: str, hypothesis: str, src: str, tgt: str) -> float:
-        return self.ask(RUBRIC.format(src=language_name(src), tgt=language_name(tgt),
-                                      source=source, hypothesis=hypothesis))
+        return self.ask(self.prompt(source, hypothesis, src, tgt))
 
-    def mean(self, rows: list[dict]) -> float:
-        """Mean judge score of hypothesis rows (empty hypotheses score 0 unasked)."""
-        vals = [self.score(r["source"], r["hypothesis"], r["src_lang"], r["tgt_lang"])
-                if r["hypothesis"].strip() else 0.0 for r in rows]
+    def mean(self, rows: list[dict], workers: int = 1) -> float:
+        """Mean judge score of hypothesis rows (empty hypotheses score 0 unasked); distinct
+        prompts go out `workers` at a time, each once."""
+        prompts = [self.prompt(r["source"], r["hypothesis"], r["src_lang"], r["tgt_lang"])
+                   if r["hypothesis"].strip() else None for r in rows]
+        unique = sorted({p for p in prompts if p is not None})
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            scores = dict(zip(unique, pool.map(self.ask, unique)))
+        vals = [scores[p] if p is not None else 0.0 for p in prompts]
         return sum(vals) / len(vals)

@@ -56,6 +56,7 @@ class EvalConfig:
     judge_model: str = ""
     judge_key_env: str = "OPENAI_API_KEY"
     judge_max_sentences: int = 0
+    judge_workers: int = 4
     service_timeout_s: float = 1800.0
 
 
@@ -66,8 +67,7 @@ def _service(name: str, address: str, make, out: str, timeout_s: float) -> Itera
         yield address
         return
     os.makedirs(os.path.join(out, "logs"), exist_ok=True)
-    svc = make(os.path.join(out, "logs", f"{name}.log"))
-    svc.name = name
+    svc = make(os.path.join(out, "logs", f"{name}.log"), name)
     with services.started([svc], timeout_s) as by_name:
         yield by_name[name]
 
@@ -137,8 +137,8 @@ def translate_all(c: EvalConfig, data, directions, n: int, model_dir: str, templ
     tok = Tokenizer(model_dir)
     settings = generate.GenSettings(template=template, max_tokens=c.max_tokens,
                                     temperature=c.temperature, batch_size=c.batch_size)
-    make = lambda log_path: services.rollout_service(
-        model_dir, _parse_args(c.rollout_args), log_path)
+    make = lambda log_path, name: services.rollout_service(
+        model_dir, _parse_args(c.rollout_args), log_path, name=name)
     with _service("rollout", c.rollout_address, make, c.out, c.service_timeout_s) as addr, \
             RolloutClient(addr) as client:
         info = client.info()
@@ -188,7 +188,7 @@ def _score_with_service(c: EvalConfig, metric: str, spec, rows: list[dict], hyps
     from walar_jax.clients import RewardClient
 
     address, flags, backend = spec
-    make = lambda log_path: services.reward_service(flags, log_path)
+    make = lambda log_path, name: services.reward_service(flags, log_path, name=name)
     with _service(f"reward_{metric}", address, make, c.out, c.service_timeout_s) as addr, \
             RewardClient([addr], timeout_s=c.service_timeout_s) as client:
         health = client.health()[0]
@@ -216,7 +216,8 @@ def _judge(c: EvalConfig, rows: list[dict], hyps: dict) -> None:
     judge = Judge(c.judge_url, c.judge_model, key, os.path.join(c.out, "judge_cache.jsonl"))
     for r in rows:
         h = hyps[r["direction"]]
-        r["judge"] = judge.mean(h[:c.judge_max_sentences] if c.judge_max_sentences else h)
+        r["judge"] = judge.mean(h[:c.judge_max_sentences] if c.judge_max_sentences else h,
+                                workers=c.judge_workers)
     log.info("judge: %d requests sent, %d answers cached", judge.requests, len(judge.cache))
 
 
