@@ -2,6 +2,7 @@
 sacrebleu itself, report, compare, the LLM-judge client against a loopback HTTP server,
 and the on-the-fly export of a training checkpoint."""
 
+import json
 import math
 import os
 import pathlib
@@ -49,6 +50,24 @@ def test_both_directory_layouts_read_the_same_sentences(tmp_path):
         rel.sentences("fra_Latn")
     with pytest.raises(FileNotFoundError, match="no FLORES split directory"):
         flores.load(str(release), "dev")
+
+
+def test_hub_dataset_read_from_a_prefilled_cache(tmp_path):
+    """The hub path offline (HF_HUB_OFFLINE=1): a cache laid out as huggingface_hub writes
+    it, with JSONL files one folder down."""
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "datasets--someone--flores200"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    split_dir = repo / "snapshots" / rev / "data" / "devtest"
+    split_dir.mkdir(parents=True)
+    for code, texts in (("eng_Latn", ["Hello.", "Two words."]), ("fra_Latn", ["Bonjour.", "Deux."])):
+        (split_dir / f"{code}.jsonl").write_text(
+            "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    data = flores.from_hub("someone/flores200", "devtest", ["eng_Latn", "fra_Latn"],
+                           cache_dir=str(tmp_path))
+    assert data.languages() == ["eng_Latn", "fra_Latn"]
+    assert data.sentences("fra_Latn") == ["Bonjour.", "Deux."]
 
 
 def test_hub_id_offline_fails_naming_the_way_out():
