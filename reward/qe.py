@@ -56,7 +56,7 @@ class MetricXQE:
         self.device = pick_device(device)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = MT5ForRegression.from_pretrained(model, torch_dtype=dtype)
+        self.model = MT5ForRegression.from_pretrained(model, dtype=dtype)
         self.model.to(self.device).eval()
         self.max_length = max_length
         self.batch_size = batch_size
