@@ -63,7 +63,8 @@ class FastTextLID:
         # Restricting candidates (WALAR keeps its 46 FLORES languages) as MaskLID does:
         # softmax over all labels, then only the chosen ones compete.
         keep = set(languages or [])
-        self.index = [i for i, r in enumerate(raw) if not keep or r.removeprefix("__label__") in keep]
+        self.index = [i for i, r in enumerate(raw)
+                      if not keep or r.removeprefix("__label__") in keep]
         if not self.index:
             raise ValueError(f"none of the languages {sorted(keep)} is a label of {path}")
         self.loss = str(self.model.f.getArgs().loss).rsplit(".", 1)[-1]  # softmax, hs, ova, ns

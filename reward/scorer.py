@@ -112,7 +112,8 @@ class RewardScorer:
             if s.status != OK or not s.language_ok:
                 s.reward = cfg.penalty
             else:
-                s.reward = (s.qe or 0.0) + (cfg.alpha * s.align_f1 if s.align_f1 is not None else 0.0)
+                align = cfg.alpha * s.align_f1 if s.align_f1 is not None else 0.0
+                s.reward = (s.qe or 0.0) + align
         return scores
 
     def _validate(self, items):
@@ -200,7 +201,10 @@ def _batched_or_each(idx: list[int], run: Callable[[list[int]], np.ndarray], sco
     items that fail alone are marked ITEM_ERROR."""
     idx = [i for i in idx if scores[i].status == OK]
     try:
-        yield from zip(idx, run(idx))
+        values = run(idx)
+        if len(values) != len(idx):
+            raise RuntimeError(f"{what} returned {len(values)} values for {len(idx)} items")
+        yield from zip(idx, values)
         return
     except Exception as err:  # noqa: BLE001
         log.warning("%s failed on the batch (%s); retrying item by item", what, err)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import threading
@@ -82,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hanlp_model", default=None, help="local HanLP tokenizer (else jieba)")
     p.add_argument("--alpha", type=float, default=20.0, help="weight of the alignment F1")
     p.add_argument("--penalty", type=float, default=None,
-                   help="reward of a wrong-language or bad item (default: the bottom of the QE range: "
+                   help="reward of a wrong-language or bad item (default: the bottom of the "
+                        "QE range: "
                         "-25 metricx, 0 comet, -1 embed, 0 none)")
     p.add_argument("--max_chars", type=int, default=20000,
                    help="longer texts get status TOO_LONG and the penalty")
