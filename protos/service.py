@@ -10,6 +10,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
+import signal
+import threading
 from concurrent import futures
 
 import grpc
@@ -110,3 +113,24 @@ def add_server_flags(parser) -> None:
     parser.add_argument(
         "--port_file", default=None, help="write the bound port here once serving (for launchers)"
     )
+
+
+def write_port_file(path: str, port: int) -> None:
+    """Written whole then renamed, so a launcher polling the file never reads half of it."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(port))
+    os.replace(tmp, path)
+
+
+def serve_until_signalled(server: grpc.Server, port: int, port_file: str | None) -> None:
+    """Announces the port (once the caller is ready to serve) and blocks until SIGTERM or
+    SIGINT, then stops the server with a short grace period."""
+    if port_file:
+        write_port_file(port_file, port)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    log.info("shutting down")
+    server.stop(grace=5).wait()

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import threading
 
 import grpc
 
 from protos import reward_pb2, reward_pb2_grpc
-from protos.service import add_server_flags, make_server
+from protos.service import add_server_flags, make_server, serve_until_signalled
 from reward.languages import UnknownLanguageError
 from reward.scorer import RawItem, RewardConfig, RewardScorer, batch_metrics
 
@@ -184,13 +183,6 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             penalty=s.config.penalty, alpha=s.config.alpha)
 
 
-def write_port_file(path: str, port: int) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(str(port))
-    os.replace(tmp, path)  # the launcher never reads a half-written file
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level,
@@ -203,13 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     server.start()
     log.info("reward service listening on %s:%d%s", args.host, port,
              " (token required)" if args.token else "")
-    if args.port_file:
-        write_port_file(args.port_file, port)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    server.stop(grace=5).wait()
+    serve_until_signalled(server, port, args.port_file)
     log.info("reward service stopped")
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
 
 from protos import service
 
@@ -31,14 +29,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="CPU only: KV cache size (sets VLLM_CPU_KVCACHE_SPACE)")
     service.add_server_flags(p)
     return p.parse_args(argv)
-
-
-def write_port_file(path: str, port: int) -> None:
-    # Written whole then renamed, so a launcher polling the file never reads half of it.
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(str(port))
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,15 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     server.start()
     log.info("rollout sidecar serving %s on %s:%d (weights version %d)",
              args.model, args.host, port, servicer.engine.version)
-    if args.port_file:
-        write_port_file(args.port_file, port)
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    log.info("shutting down")
-    server.stop(grace=5).wait()
+    service.serve_until_signalled(server, port, args.port_file)
     servicer.close()
     logging.shutdown()
     # vLLM's in-process engine leaves non-daemon threads that would keep the process

@@ -6,7 +6,6 @@ keys that do not exist fail. The resolved config is logged and saved in the work
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence

@@ -1,7 +1,6 @@
 """The sidecar serves Llama 3 and Gemma 3 exports, takes their weights from the JAX
 policy (vLLM names), and its log-probs match the JAX policy's after the update."""
 
-import numpy as np
 import pytest
 
 from walar_jax.clients.rollout import RolloutClient
