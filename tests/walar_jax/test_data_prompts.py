@@ -87,3 +87,14 @@ def test_tokenizer_matches_transformers(tmp_path):
         assert ours.encode(a) == ref(b, add_special_tokens=False)["input_ids"]
     ids = ours.encode("été 你好")
     assert ours.decode(ids) == ref.decode(ids) == "été 你好"
+
+
+def test_translategemma_fallback_without_a_chat_template():
+    got = prompts.build_prompt("Good morning.", "eng_Latn", "swh_Latn", template="translategemma")
+    assert got == (
+        "<bos><start_of_turn>user\nYou are a professional English (en) to Swahili (sw) "
+        "translator. Your goal is to accurately convey the meaning and nuances of the original "
+        "English text while adhering to Swahili grammar, vocabulary, and cultural "
+        "sensitivities.\nProduce only the Swahili translation, without any additional "
+        "explanations or commentary. Please translate the following English text into "
+        "Swahili:\n\n\nGood morning.<end_of_turn>\n<start_of_turn>model\n")

@@ -20,6 +20,16 @@ ALPACA = (
 )
 INSTRUCTION = "Translate the following text from {src} into {tgt}.\n{src}: {text}\n{tgt}:"
 PLAIN = "{src}: {text}\n{tgt}:"
+# translategemma's user turn as its chat template renders it (used when a checkpoint
+# comes without the template), inside Gemma's turn markers.
+TRANSLATEGEMMA = (
+    "<bos><start_of_turn>user\n"
+    "You are a professional {src} ({src_code}) to {tgt} ({tgt_code}) translator. Your goal is "
+    "to accurately convey the meaning and nuances of the original {src} text while adhering "
+    "to {tgt} grammar, vocabulary, and cultural sensitivities.\nProduce only the {tgt} "
+    "translation, without any additional explanations or commentary. Please translate the "
+    "following {src} text into {tgt}:\n\n\n{text}<end_of_turn>\n<start_of_turn>model\n"
+)
 TEMPLATES = ("chat", "alpaca", "translategemma", "plain")
 
 
@@ -71,7 +81,11 @@ def build_prompt(text: str, src: str, tgt: str, *, template: str, tokenizer=None
         return PLAIN.format(**fields)
     if template not in ("chat", "translategemma"):
         raise ValueError(f"unknown prompt template {template!r}; one of {TEMPLATES}")
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+    has_template = tokenizer is not None and getattr(tokenizer, "chat_template", None)
+    if template == "translategemma" and not has_template:
+        return TRANSLATEGEMMA.format(**fields, src_code=language_code(src),
+                                     tgt_code=language_code(tgt))
+    if not has_template:
         raise ValueError(f"template {template!r} needs a tokenizer with a chat template")
     if template == "translategemma":  # its template takes codes and the text as one part
         messages = [{"role": "user", "content": [{
