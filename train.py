@@ -14,5 +14,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: absl (imported by ml_collections) has already put a WARNING-level handler on root
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
     main(sys.argv)

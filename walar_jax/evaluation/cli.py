@@ -85,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)  # absl may have claimed the root logger
     if args.compare:
         from walar_jax.evaluation.compare import compare
 
