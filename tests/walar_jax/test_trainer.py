@@ -142,3 +142,21 @@ def test_kill_and_resume_continues_with_the_same_data(tiny_dir, services, tmp_pa
     # same data, same restored weights, same per-step sampling seeds -> same rewards
     np.testing.assert_allclose([r["reward_mean"] for r in a], [r["reward_mean"] for r in b],
                                atol=1e-3)
+
+
+def test_two_rollouts_per_update_and_an_unfinished_save_is_never_loaded(tiny_dir, services, tmp_path):
+    import shutil
+
+    from walar_jax.clients import RewardClient, RolloutClient
+
+    # rollout batch 4 prompts x 4 samples = 16 sequences; train batch 32 = two rollouts
+    c = tiny_config(tiny_dir, services, total_steps=2, checkpoint_every=1, train_batch_size=32)
+    clients = dict(rollout=RolloutClient(services[0]),
+                   reward_fn=trainer_lib.reward_from_service(RewardClient([services[1]])))
+    trainer_lib.Trainer(c, str(tmp_path), **clients).run()
+    assert [r["data_position"] for r in read_metrics(tmp_path)] == [8, 16]
+    # A crash in the middle of saving step 3 leaves only Orbax's uncommitted tmp dir.
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(ckpts / "2", ckpts / "3.orbax-checkpoint-tmp")
+    resumed = trainer_lib.Trainer(c, str(tmp_path), **clients)
+    assert resumed.step == 2 and resumed.stream.position == 16
