@@ -111,3 +111,34 @@ def make_hf_gemma3(path, *, seed: int = 0, multimodal: bool = False):
     _spread_norms(model, 0.0)
     model.save_pretrained(str(path), safe_serialization=True)
     return model
+
+
+def jax_logprobs(model, ids, mask, chunk: int = 8) -> np.ndarray:
+    """The JAX policy's log p(ids[:, t+1] | ids[:, :t+1]) as [B, T-1], like hf_token_logprobs."""
+    import jax.numpy as jnp
+
+    ids = jnp.asarray(ids)
+    lp = model.token_logprobs(ids, jnp.roll(ids, -1, 1), jnp.asarray(mask), chunk=chunk)
+    return np.asarray(lp)[:, :-1]
+
+
+def sharded_and_single_logprobs(path, ids, mask, chunk: int):
+    """Log-probs of the checkpoint at `path` on one device and on a (2, 2, 2) mesh of the 8
+    fake devices (constraints active), and the sharded model, for comparison."""
+    import jax
+    import jax.numpy as jnp
+
+    from walar_jax import models, sharding
+
+    single = models.from_pretrained(str(path))
+    mesh = sharding.make_mesh((2, 2, 2))
+    sharded = models.from_pretrained(str(path), mesh=mesh)
+
+    @jax.jit
+    def fwd(m, ids, mask):
+        return m.token_logprobs(ids, jnp.roll(ids, -1, 1), mask, chunk=chunk)
+
+    ref = fwd(single, jnp.asarray(ids), jnp.asarray(mask)).block_until_ready()
+    with sharding.use_sharding(sharding.ShardingCtx(mesh)):
+        got = fwd(sharded, jnp.asarray(ids), jnp.asarray(mask)).block_until_ready()
+    return got, np.asarray(ref), sharded

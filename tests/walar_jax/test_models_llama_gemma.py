@@ -3,15 +3,13 @@ across its sliding window), export and reload, sharded equals unsharded."""
 
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from walar_jax import models, sharding
+from walar_jax import models
 from walar_jax.models import gemma3, llama3
-from tests.walar_jax.hf_fixtures import (hf_token_logprobs, make_hf_gemma3, make_hf_llama,
-                                         padded_batch)
+from tests.walar_jax.hf_fixtures import (hf_token_logprobs, jax_logprobs, make_hf_gemma3,
+                                         make_hf_llama, padded_batch, sharded_and_single_logprobs)
 
 MAKERS = {
     "llama3": lambda p: make_hf_llama(p),
@@ -19,11 +17,6 @@ MAKERS = {
     "gemma3": lambda p: make_hf_gemma3(p),
     "gemma3_multimodal": lambda p: make_hf_gemma3(p, multimodal=True),
 }
-
-
-def jax_logprobs(model, ids, mask):
-    ids = jnp.asarray(ids)
-    return np.asarray(model.token_logprobs(ids, jnp.roll(ids, -1, 1), jnp.asarray(mask), chunk=8))[:, :-1]
 
 
 @pytest.mark.parametrize("name", sorted(MAKERS))
@@ -69,17 +62,8 @@ def test_export_reload_in_transformers(tmp_path, name):
 def test_sharded_equals_single_device(tmp_path, name):
     MAKERS[name](tmp_path)
     ids, mask = padded_batch(np.random.default_rng(3), 380, [16, 7, 12, 16], 16, left=True)
-    single = models.from_pretrained(str(tmp_path))
-    mesh = sharding.make_mesh((2, 2, 2))
-    sharded = models.from_pretrained(str(tmp_path), mesh=mesh)
-
-    @jax.jit
-    def fwd(m, ids, mask):
-        return m.token_logprobs(ids, jnp.roll(ids, -1, 1), mask, chunk=8)
-
-    ref = np.asarray(fwd(single, jnp.asarray(ids), jnp.asarray(mask)).block_until_ready())
-    with sharding.use_sharding(sharding.ShardingCtx(mesh)):
-        got = fwd(sharded, jnp.asarray(ids), jnp.asarray(mask)).block_until_ready()
+    got, ref, _ = sharded_and_single_logprobs(tmp_path, ids, mask, chunk=8)
+    assert len(got.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5)
 
 

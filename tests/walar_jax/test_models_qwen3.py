@@ -7,15 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from walar_jax import models, sharding
+from walar_jax import models
 from walar_jax.models import qwen3
-from tests.walar_jax.hf_fixtures import hf_token_logprobs, make_hf_qwen3, padded_batch
-
-
-def jax_logprobs(model, ids, mask):
-    lp = model.token_logprobs(jnp.asarray(ids), jnp.roll(jnp.asarray(ids), -1, axis=1),
-                              jnp.asarray(mask), chunk=8)
-    return np.asarray(lp)[:, :-1]
+from tests.walar_jax.hf_fixtures import (hf_token_logprobs, jax_logprobs, make_hf_qwen3,
+                                         padded_batch, sharded_and_single_logprobs)
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -73,20 +68,10 @@ def test_export_reload_in_transformers_identical(tmp_path, tie):
 def test_sharded_forward_equals_single_device(tmp_path):
     make_hf_qwen3(tmp_path, tie=False)
     ids, mask = padded_batch(np.random.default_rng(2), 384, [8, 5, 8, 3], 8, left=True)
-    single = models.from_pretrained(str(tmp_path))
-    mesh = sharding.make_mesh((2, 2, 2))
-    sharded = models.from_pretrained(str(tmp_path), mesh=mesh)
+    got, ref, sharded = sharded_and_single_logprobs(tmp_path, ids, mask, chunk=4)
     specs = {k: v[...].sharding.spec for k, v in models.flat_params(sharded).items()}
     assert specs["layers.0.mlp.gate_proj"] == jax.sharding.PartitionSpec("fsdp", "tensor")
     assert specs["layers.0.attn.k_proj"] == jax.sharding.PartitionSpec("fsdp", "tensor", None)
-
-    @jax.jit
-    def fwd(m, ids, mask):
-        return m.token_logprobs(ids, jnp.roll(ids, -1, 1), mask, chunk=4)
-
-    ref = np.asarray(fwd(single, jnp.asarray(ids), jnp.asarray(mask)).block_until_ready())
-    with sharding.use_sharding(sharding.ShardingCtx(mesh)):
-        got = fwd(sharded, jnp.asarray(ids), jnp.asarray(mask)).block_until_ready()
     assert len(got.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5)
 
