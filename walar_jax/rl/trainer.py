@@ -68,11 +68,14 @@ def reward_from_service(client) -> RewardFn:
 class Trainer:
     """Owns the policy state; `run()` trains until `total_steps`."""
 
-    def __init__(self, config, workdir: str, *, rollout, reward_fn: RewardFn):
+    def __init__(self, config, workdir: str, *, rollout, reward_fn: RewardFn,
+                 model_dir: str | None = None):
         self.c = config
         self.workdir = os.path.abspath(workdir)
         self.rollout = rollout
         self.reward_fn = reward_fn
+        # main() has already resolved (downloaded) it to start the sidecar from it
+        self.model_dir = model_dir or resolve_model_path(config.model.path)
         self._setup_data_and_model()
         self._setup_optimizer()
         self._setup_checkpoints()
@@ -85,7 +88,6 @@ class Trainer:
                                                     for k, v in c.sharding_rules))
         log.info("mesh %s over %d devices (%s)", dict(self.mesh.shape), self.mesh.size,
                  jax.default_backend())
-        self.model_dir = resolve_model_path(c.model.path)
         self.tokenizer = Tokenizer(self.model_dir)
         dtype = jnp.dtype(c.model.dtype)
         with shd.use_sharding(self.ctx):
@@ -335,11 +337,10 @@ class Trainer:
 
 
 def _concat(arrays):
-    if len(arrays) == 1:
-        return arrays[0]
-    T = max(a.shape[1] for a in arrays if a.ndim == 2) if arrays[0].ndim == 2 else None
-    if T is None:
+    """Stacks rollout batches along sequences; [S, T] arrays are right-padded to one T."""
+    if arrays[0].ndim == 1:
         return np.concatenate(arrays)
+    T = max(a.shape[1] for a in arrays)
     return np.concatenate([np.pad(a, ((0, 0), (0, T - a.shape[1]))) for a in arrays])
 
 
@@ -376,7 +377,8 @@ def main(config, workdir: str) -> None:
     cfglib.save(config, workdir)
     model_dir = resolve_model_path(config.model.path)
     with services(config, model_dir, workdir) as (rollout, reward):
-        trainer = Trainer(config, workdir, rollout=rollout, reward_fn=reward_from_service(reward))
+        trainer = Trainer(config, workdir, rollout=rollout, reward_fn=reward_from_service(reward),
+                          model_dir=model_dir)
         trainer.run()
     log.info("done: checkpoints in %s/checkpoints, HF export in %s/hf/final, metrics in "
              "%s/metrics.jsonl (TensorBoard: %s/tensorboard)", workdir, workdir, workdir, workdir)
