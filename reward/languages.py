@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 import re
 
-_TABLE = pathlib.Path(__file__).with_name("flores200.tsv")
+from protos.languages import Language, languages
 
 # Macrolanguage -> individual languages that identifiers use interchangeably with it.
 MACRO_GROUPS: dict[str, tuple[str, ...]] = {
@@ -44,27 +43,6 @@ def scripts_compatible(a: str | None, b: str | None) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Language:
-    """A FLORES-200 language."""
-
-    code: str  # FLORES-200 code, e.g. swh_Latn
-    name: str
-    iso1: str | None
-
-    @property
-    def iso3(self) -> str:
-        return self.code.split("_")[0]
-
-    @property
-    def script(self) -> str:
-        return self.code.split("_")[1]
-
-    @property
-    def group(self) -> str:
-        return group_of(self.iso3)
-
-
-@dataclasses.dataclass(frozen=True)
 class LabelKey:
     """What an identifier's label says: a language group, a script if given, and the
     FLORES code when the registry knows one (else the raw label)."""
@@ -74,19 +52,7 @@ class LabelKey:
     display: str
 
     def matches(self, lang: Language) -> bool:
-        return self.group == lang.group and scripts_compatible(self.script, lang.script)
-
-
-@functools.lru_cache(maxsize=1)
-def languages() -> tuple[Language, ...]:
-    """All FLORES-200 languages, in table order."""
-    out = []
-    for line in _TABLE.read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        code, name, iso1 = line.split("\t")
-        out.append(Language(code, name, None if iso1 == "-" else iso1))
-    return tuple(out)
+        return self.group == group_of(lang.iso3) and scripts_compatible(self.script, lang.script)
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,7 +85,7 @@ def _index() -> dict[str, Language]:
 def _by_group() -> dict[str, tuple[Language, ...]]:
     groups: dict[str, list[Language]] = {}
     for lang in languages():
-        groups.setdefault(lang.group, []).append(lang)
+        groups.setdefault(group_of(lang.iso3), []).append(lang)
     return {g: tuple(v) for g, v in groups.items()}
 
 
@@ -156,7 +122,7 @@ def parse_label(label: str) -> LabelKey:
     if lang is None:
         return LabelKey(group_of(iso.lower()), script, raw)
     display = lang.code if scripts_compatible(script, lang.script) else raw
-    return LabelKey(lang.group, script, display)
+    return LabelKey(group_of(lang.iso3), script, display)
 
 
 def covers(labels: list[LabelKey], lang: Language) -> bool:

@@ -3,14 +3,9 @@ answer. One module, used by the trainer (to build rollout prompts) and evaluate.
 
 from __future__ import annotations
 
-import functools
-import os
 import re
 
-from walar_jax.launch import REPO_ROOT
-
-# FLORES-200 code -> English name; the table also serves the reward service's registry.
-LANGUAGE_TABLE = os.path.join(REPO_ROOT, "reward", "flores200.tsv")
+from protos import languages
 
 ALPACA = (
     "Below is an instruction that describes a task, paired with an input that provides "
@@ -33,35 +28,15 @@ TRANSLATEGEMMA = (
 TEMPLATES = ("chat", "alpaca", "translategemma", "plain")
 
 
-@functools.cache
-def _table() -> dict[str, tuple[str, str]]:
-    """FLORES-200 code -> (English name, ISO 639-1 code or the ISO 639-3 part)."""
-    rows = {}
-    with open(LANGUAGE_TABLE, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            code, name, iso1, *_ = line.rstrip("\n").split("\t") + ["-"]
-            rows[code] = (name, code.split("_")[0] if iso1 in ("-", "") else iso1)
-    return rows
-
-
-def _names() -> dict[str, str]:
-    return {k: v[0] for k, v in _table().items()}
-
-
 def language_code(code: str) -> str:
     """Short code for model templates that take codes (translategemma): `swh_Latn` -> sw."""
-    if code not in _table():
-        raise ValueError(f"unknown FLORES-200 language code {code!r}")
-    return _table()[code][1]
+    return languages.get(code).short_code
 
 
 def language_name(code: str) -> str:
     """English name of a FLORES-200 code (`swh_Latn` -> Swahili); names pass through."""
-    names = _names()
-    if code in names:
-        return names[code]
+    if code in languages.by_code():
+        return languages.get(code).name
     if "_" in code:
         raise ValueError(f"unknown FLORES-200 language code {code!r}")
     return code
