@@ -4,13 +4,17 @@ import logging
 import sys
 
 from walar_jax import config as cfglib
-from walar_jax.rl import trainer
+from walar_jax.rl import train
+from walar_jax.rl.plan import ConfigError
 
 
 def main(argv):
     config, flags = cfglib.parse(argv)
     workdir = flags.workdir or f"runs/{config.model.path.replace('/', '_')}"
-    trainer.main(config, workdir)
+    try:
+        train.main(config, workdir)
+    except ConfigError as err:  # a value that cannot work: say which, no traceback
+        sys.exit(f"train.py: config error: {err}")
 
 
 if __name__ == "__main__":

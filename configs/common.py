@@ -26,6 +26,10 @@ def base() -> ml_collections.ConfigDict:
     c.rollout = ml_collections.ConfigDict(dict(
         address="", token="",  # empty address: train.py starts rollout_server.py itself
         n=8, temperature=1.0, top_p=1.0, top_k=0, max_tokens=512, max_prompt_tokens=512,
+        # WALAR (OpenRLHF): at least one token, EOS appended to truncated responses (and
+        # trained on), prompts over max_prompt_tokens cut on the right (kept from the
+        # start); "left" keeps the end of the prompt (its answer cue) instead.
+        min_tokens=1, eos_on_truncation=True, prompt_truncation="right",
         length_bucket=64, weight_transport="shm", timeout_s=1800.0,
         # flags of rollout_server.py when train.py starts it
         server=ml_collections.ConfigDict(dict(
@@ -40,7 +44,11 @@ def base() -> ml_collections.ConfigDict:
     ))
     c.grpo = ml_collections.ConfigDict(dict(
         scale_by_std=True,  # False: Dr.GRPO
-        clip_low=0.2, clip_high=0.2, kl_coef=0.01, kl_estimator="k3", loss_agg="token_mean",
+        clip_low=0.2, clip_high=0.2, kl_coef=0.01, kl_estimator="k3",
+        kl_clamp=0.0,  # > 0 bounds log(ref/pi) before k3's exp (verl: 20); WALAR: none
+        # WALAR (OpenRLHF): token mean within each micro-batch of 16 sequences, averaged
+        # over micro-batches; token_mean / seq_mean_token_mean are the alternatives.
+        loss_agg="microbatch_token_mean", loss_agg_group=16,
         entropy_coef=0.0, tis_cap=0.0,
     ))
     c.optim = ml_collections.ConfigDict(dict(
@@ -57,7 +65,6 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint_every = 50
     c.keep_checkpoints = 3
     c.export_every = 0         # 0: export to HF only at the end
-    c.log_every = 1
     return c
 
 
@@ -79,7 +86,9 @@ def paper(model_path: str) -> ml_collections.ConfigDict:
     c.rollout.update(n=8, temperature=1.0, max_tokens=512, max_prompt_tokens=512)
     c.rollout.server.update(dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.6)
     c.grpo.update(scale_by_std=True, clip_low=0.2, clip_high=0.2, kl_coef=0.01,
-                  kl_estimator="k3", loss_agg="token_mean")
+                  kl_estimator="k3", kl_clamp=0.0, loss_agg="microbatch_token_mean",
+                  loss_agg_group=16)
+    c.rollout.update(min_tokens=1, eos_on_truncation=True, prompt_truncation="right")
     c.optim.update(lr=5e-7, b1=0.9, b2=0.95, warmup_frac=0.03, clip_norm=1.0)
     c.rollout_batch_prompts, c.train_batch_size, c.micro_batch_size = 128, 1024, 8
     c.total_steps = 0  # one epoch

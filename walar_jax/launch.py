@@ -18,6 +18,18 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def resolve_model_path(path: str) -> str:
+    """An HF checkpoint directory for `model.path`: "tiny" builds the embedded tiny Qwen3
+    under .cache/ on first use; a hub id is downloaded; a directory is used as is."""
+    if path == "tiny":
+        from walar_jax.models.tiny import make_tiny_checkpoint
+
+        return make_tiny_checkpoint(str(REPO_ROOT / ".cache" / "tiny_qwen3"))
+    from walar_jax import models
+
+    return models.resolve_checkpoint(path)
+
+
 def venvs_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("WALAR_VENVS", REPO_ROOT / ".venv"))
 

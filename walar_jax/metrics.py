@@ -22,7 +22,10 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # a resumed run tells TensorBoard to drop what an earlier process logged
+            # past the checkpoint, so no step shows twice
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                     purge_step=start_step + 1 if start_step else None)
         if wandb_project:
             import wandb  # optional; installed by the user
 

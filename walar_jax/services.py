@@ -51,3 +51,31 @@ def started(services: Sequence[launch.Service], timeout_s: float) -> Iterator[di
     finally:
         for svc in reversed(services):
             svc.stop()
+
+
+@contextlib.contextmanager
+def training_services(config, model_dir: str, workdir: str):
+    """(rollout, reward) clients for train.py: the configured addresses, or processes
+    started here (each in its own environment) and stopped on exit."""
+    import os
+
+    from walar_jax.clients import RewardClient, RolloutClient
+
+    to_start: list[launch.Service] = []
+    rollout_addr = config.rollout.address
+    if not rollout_addr:
+        to_start.append(rollout_service(model_dir, config.rollout.server,
+                                        os.path.join(workdir, "rollout_server.log")))
+    reward_addrs = [a for a in config.reward.addresses if a]
+    if not reward_addrs:
+        to_start.append(reward_service(config.reward.server,
+                                       os.path.join(workdir, "reward_server.log")))
+    with started(to_start, timeout_s=config.service_start_timeout_s) as by_name:
+        rollout = RolloutClient(rollout_addr or by_name["rollout"],
+                                token=config.rollout.token or None)
+        reward = RewardClient(reward_addrs or [by_name["reward"]],
+                              token=config.reward.token or None, timeout_s=config.reward.timeout_s)
+        try:
+            yield rollout, reward
+        finally:
+            rollout.close()

@@ -11,7 +11,7 @@ rng = np.random.default_rng(0)
 def test_group_advantages_normalise_within_groups():
     r = rng.normal(size=(4, 8)).astype(np.float32) * 5 + np.arange(4)[:, None] * 10
     got = np.asarray(grpo.group_advantages(r.reshape(-1), 8))
-    ref = (r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-6)
+    ref = (r - r.mean(1, keepdims=True)) / (r.std(1, ddof=1, keepdims=True) + 1e-9)
     np.testing.assert_allclose(got, ref.reshape(-1), rtol=1e-5, atol=1e-5)
     # Dr.GRPO: centred, not scaled
     got = np.asarray(grpo.group_advantages(r.reshape(-1), 8, scale_by_std=False))
@@ -54,10 +54,25 @@ def test_k3_is_unbiased_for_kl():
 def test_aggregations():
     v = np.array([[1.0, 2.0, 3.0, 0.0], [10.0, 0.0, 0.0, 0.0]])
     m = np.array([[1, 1, 1, 0], [1, 0, 0, 0]])
-    assert float(grpo.aggregate(v, m, "token_mean")) == pytest.approx(16 / 4)
-    assert float(grpo.aggregate(v, m, "seq_mean_token_mean")) == pytest.approx((2 + 10) / 2)
+
+    def agg(mode, **kw):
+        return float((v * np.asarray(grpo.token_weights(m, mode, **kw))).sum())
+
+    assert agg("token_mean") == pytest.approx(16 / 4)
+    assert agg("seq_mean_token_mean") == pytest.approx((2 + 10) / 2)
+    # one micro-batch per sequence: the mean of the two sequences' token means
+    assert agg("microbatch_token_mean", group=1) == pytest.approx((2 + 10) / 2)
+    assert agg("microbatch_token_mean", group=2) == pytest.approx(16 / 4)
     with pytest.raises(ValueError, match="bogus"):
-        grpo.aggregate(v, m, "bogus")
+        grpo.token_weights(m, "bogus")
+    with pytest.raises(ValueError, match="group 3 must divide 2"):
+        grpo.token_weights(m, "microbatch_token_mean", group=3)
+
+
+def test_k3_clamp_is_optional():
+    lp, ref = np.array([[0.0]]), np.array([[-30.0]])  # log(ref / pi) = -30
+    assert float(grpo.kl_penalty(lp, ref, "k3")[0, 0]) == pytest.approx(np.exp(-30) + 29)
+    assert float(grpo.kl_penalty(lp, ref, "k3", clamp=20)[0, 0]) == pytest.approx(np.exp(-20) + 19)
 
 
 def test_truncated_is_and_mismatch():

@@ -10,28 +10,19 @@ import os
 log = logging.getLogger(__name__)
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-    ckpt = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt):
-        return []
-    return sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
-
-
 def export_step(workdir: str, step: int | None, out_dir: str) -> str:
     """Writes the params of checkpoint `step` (default: the latest) of a training work
     directory as an HF checkpoint in `out_dir` (reused when already there)."""
-    import jax
     import jax.numpy as jnp
-    import orbax.checkpoint as ocp
     from flax import nnx
 
-    from walar_jax import models
-    from walar_jax.rl.trainer import resolve_model_path
+    from walar_jax import checkpoint, models
+    from walar_jax.launch import resolve_model_path
 
     cfg_path = os.path.join(workdir, "config.json")
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"{workdir} is not a training work directory: no config.json")
-    steps = checkpoint_steps(workdir)
+    steps = checkpoint.steps(workdir)
     if not steps:
         raise FileNotFoundError(f"{workdir}/checkpoints holds no Orbax checkpoint")
     step = steps[-1] if step is None else step
@@ -47,17 +38,9 @@ def export_step(workdir: str, step: int | None, out_dir: str) -> str:
     model = models.from_pretrained(base_dir, dtype=param_dtype, param_dtype=param_dtype)
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
-    abstract = {"params": jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)}
-    mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    got = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(  # params only, onto this host's devices
-            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-            partial_restore=True),
-        meta=ocp.args.JsonRestore()))
-    if got.meta["step"] != step:
-        raise ValueError(f"checkpoint {step} says it holds step {got.meta['step']}")
-    nnx.replace_by_pure_dict(state, got.state["params"])
+    restored, _ = checkpoint.Checkpointer(workdir).restore_params(
+        step, checkpoint.abstract_like(params))  # params only, onto this host's devices
+    nnx.replace_by_pure_dict(state, restored)
     models.save_pretrained(nnx.merge(graphdef, state), out_dir, tokenizer_dir=base_dir)
     log.info("exported step %d of %s to %s", step, workdir, out_dir)
     return out_dir
@@ -65,7 +48,8 @@ def export_step(workdir: str, step: int | None, out_dir: str) -> str:
 
 def resolve(model: str | None, workdir: str | None, step: int | None, out: str) -> tuple[str, str]:
     """(HF directory, a name for the report) from --model or --workdir/--step."""
-    from walar_jax.rl.trainer import resolve_model_path
+    from walar_jax import checkpoint
+    from walar_jax.launch import resolve_model_path
 
     if bool(model) == bool(workdir):
         raise ValueError("give exactly one of --model (HF dir, hub id or 'tiny') and --workdir")
@@ -80,7 +64,7 @@ def resolve(model: str | None, workdir: str | None, step: int | None, out: str) 
             raise ValueError(f"--model {model!r} is not a local directory and could not be "
                              f"downloaded from the Hugging Face hub "
                              f"({type(err).__name__}: {err})") from err
-    steps = checkpoint_steps(workdir)
+    steps = checkpoint.steps(workdir)
     chosen = step if step is not None else (steps[-1] if steps else None)
     out_dir = os.path.join(out, "model", f"step_{chosen}")
     return export_step(workdir, chosen, out_dir), f"{os.path.abspath(workdir)}@{chosen}"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def group_advantages(rewards, group_size: int, *, scale_by_std: bool = True, eps: float = 1e-6):
+def group_advantages(rewards, group_size: int, *, scale_by_std: bool = True, eps: float = 1e-9):
     """(r - mean of its group) / (std of its group + eps); Dr.GRPO drops the division.
 
-    Rewards come grouped: the `group_size` samples of one prompt are contiguous.
+    Rewards come grouped: the `group_size` samples of one prompt are contiguous. The std
+    is the unbiased one and eps 1e-9, as OpenRLHF's `group_norm` (WALAR's estimator).
     """
     r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
     adv = r - r.mean(axis=1, keepdims=True)
@@ -34,31 +35,52 @@ def ppo_clip_loss(logp, old_logp, advantages, *, clip_low: float, clip_high: flo
     return loss, (clipped < unclipped).astype(jnp.float32)
 
 
-def kl_penalty(logp, ref_logp, estimator: str = "k3"):
-    """Per-token KL(pi || ref) estimate from samples of pi (Schulman's k1/k2/k3)."""
+def kl_penalty(logp, ref_logp, estimator: str = "k3", *, clamp: float = 0.0):
+    """Per-token KL(pi || ref) estimate from samples of pi (Schulman's k1/k2/k3).
+
+    `clamp` > 0 bounds log(ref / pi) to [-clamp, clamp] before k3's exp (verl uses 20);
+    0 leaves it unbounded, as WALAR's OpenRLHF does.
+    """
     log_ratio = ref_logp - logp  # log(ref / pi)
     if estimator == "k1":
         return -log_ratio
     if estimator == "k2":
         return 0.5 * log_ratio**2
     if estimator == "k3":
-        # exp(x) - 1 - x >= 0; clamp x for numerical safety as OpenRLHF/verl do
-        x = jnp.clip(log_ratio, -20.0, 20.0)
+        x = jnp.clip(log_ratio, -clamp, clamp) if clamp > 0 else log_ratio
         return jnp.exp(x) - 1.0 - x
     raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2, k3)")
 
 
-def aggregate(values, mask, mode: str = "token_mean"):
-    """token_mean: mean over every counted token of the batch; seq_mean_token_mean:
-    mean within each sequence, then over sequences."""
-    mask = mask.astype(jnp.float32)
+def token_weights(mask, mode: str = "token_mean", *, group: int = 0, order=None):
+    """Weight of each token in the loss of one train batch [S, T]; weights sum to 1, so
+    `sum(values * w)` is the batch's aggregate and summing it over any split of the
+    sequences (micro-batches, shards) gives exactly the same number.
+
+    token_mean: every counted token of the batch alike. seq_mean_token_mean: mean within
+    each sequence, then over sequences. microbatch_token_mean: OpenRLHF's (WALAR's) loss:
+    a token mean within each micro-batch of `group` sequences, averaged over micro-batches;
+    `order` (a permutation of the sequences, as OpenRLHF's shuffled DataLoader draws
+    them) decides which sequences share a micro-batch, contiguous when None.
+    """
+    mask = jnp.asarray(mask, jnp.float32)
     if mode == "token_mean":
-        return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        return mask / jnp.maximum(mask.sum(), 1.0)
     if mode == "seq_mean_token_mean":
-        per_seq = (values * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
-        has = (mask.sum(axis=1) > 0).astype(jnp.float32)
-        return (per_seq * has).sum() / jnp.maximum(has.sum(), 1.0)
-    raise ValueError(f"unknown loss aggregation {mode!r} (token_mean, seq_mean_token_mean)")
+        per_seq = mask.sum(axis=1, keepdims=True)
+        has = (per_seq > 0).astype(jnp.float32)
+        return mask / jnp.maximum(per_seq, 1.0) * has / jnp.maximum(has.sum(), 1.0)
+    if mode == "microbatch_token_mean":
+        S = mask.shape[0]
+        if group <= 0 or S % group:
+            raise ValueError(f"microbatch_token_mean: group {group} must divide {S} sequences")
+        order = jnp.arange(S) if order is None else jnp.asarray(order)
+        tokens = mask.sum(axis=1)[order].reshape(S // group, group).sum(axis=1)
+        per_group = 1.0 / jnp.maximum(tokens, 1.0) / jnp.maximum((tokens > 0).sum(), 1)
+        slot = jnp.zeros(S, jnp.int32).at[order].set(jnp.arange(S) // group)
+        return mask * per_group[slot][:, None] * (tokens[slot] > 0)[:, None]
+    raise ValueError(f"unknown loss aggregation {mode!r} "
+                     "(token_mean, seq_mean_token_mean, microbatch_token_mean)")
 
 
 def truncated_is_weights(old_logp, rollout_logp, cap: float):

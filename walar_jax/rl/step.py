@@ -3,12 +3,13 @@
 
 Batch arrays are [M, B, T]: M micro-batches of B sequences; gradients accumulate over
 M inside one jitted call, so one call is one optimizer step on a whole train batch.
+`w` [M, B, T] holds each token's weight in the train batch's loss (grpo.token_weights),
+which makes the aggregation exact whatever M and the sharding.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ class LossConfig:
     clip_high: float = 0.2
     kl_coef: float = 0.01
     kl_estimator: str = "k3"
-    loss_agg: str = "token_mean"
+    kl_clamp: float = 0.0
     entropy_coef: float = 0.0
     tis_cap: float = 0.0
     logprob_chunk: int = 256
@@ -58,30 +59,26 @@ def logprob_pass(graphdef, params, batch, *, chunk: int):
     return jax.lax.map(one, {"ids": batch["ids"], "seg": batch["seg"]})
 
 
-def _micro_loss(params, graphdef, mb, weight, cfg: LossConfig):
+def _micro_loss(params, graphdef, mb, cfg: LossConfig):
+    """This micro-batch's share of the train batch's loss: per-token terms weighted by
+    `mb["w"]` (grpo.token_weights over the whole train batch, so shares add up exactly)."""
     logp, ent = token_logprobs(graphdef, params, mb["ids"], mb["seg"], cfg.logprob_chunk)
-    mask = mb["mask"]
+    w = mb["w"]
     pg, clipped = grpo.ppo_clip_loss(logp, mb["old_logp"], mb["adv"],
                                      clip_low=cfg.clip_low, clip_high=cfg.clip_high)
     pg = pg * grpo.truncated_is_weights(mb["old_logp"], mb["rollout_logp"], cfg.tis_cap)
-    agg = functools.partial(grpo.aggregate, mask=mask, mode=cfg.loss_agg)
+
+    def agg(x):
+        return jnp.sum(x * w)
+
     loss = agg(pg)
-    kl = agg(grpo.kl_penalty(logp, mb["ref_logp"], cfg.kl_estimator)) if cfg.kl_coef else 0.0
+    kl = (agg(grpo.kl_penalty(logp, mb["ref_logp"], cfg.kl_estimator, clamp=cfg.kl_clamp))
+          if cfg.kl_coef else jnp.zeros((), jnp.float32))
     entropy = agg(ent)
     total = loss + cfg.kl_coef * kl - cfg.entropy_coef * entropy
     parts = {"pg_loss": loss, "kl": kl, "entropy": entropy, "clip_frac": agg(clipped),
              "ratio_mean": agg(jnp.exp(logp - mb["old_logp"]))}
-    return total * weight, jax.tree.map(lambda x: x * weight, parts)
-
-
-def micro_weights(mask, loss_agg: str):
-    """Share of the train batch's aggregate each micro-batch carries, so that summing
-    micro-batch means reproduces the mean over the whole train batch."""
-    if loss_agg == "token_mean":
-        per = mask.sum(axis=(1, 2))
-    else:
-        per = (mask.sum(axis=2) > 0).sum(axis=1).astype(jnp.float32)
-    return per / jnp.maximum(per.sum(), 1.0)
+    return total, parts
 
 
 def train_step(graphdef, tx, cfg: LossConfig, params, opt_state, batch, *, param_shardings=None):
@@ -90,7 +87,6 @@ def train_step(graphdef, tx, cfg: LossConfig, params, opt_state, batch, *, param
     `param_shardings` keeps the fp32 gradient accumulator sharded like the parameters
     (left to propagation, XLA may replicate it: a full fp32 copy of the model per device).
     """
-    weights = micro_weights(batch["mask"], cfg.loss_agg)
     grad_fn = jax.value_and_grad(_micro_loss, has_aux=True)
 
     def shard_like_params(tree):
@@ -98,9 +94,8 @@ def train_step(graphdef, tx, cfg: LossConfig, params, opt_state, batch, *, param
             return tree
         return jax.tree.map(jax.lax.with_sharding_constraint, tree, param_shardings)
 
-    def body(acc, xs):
-        mb, w = xs
-        (loss, parts), g = grad_fn(params, graphdef, mb, w, cfg)
+    def body(acc, mb):
+        (loss, parts), g = grad_fn(params, graphdef, mb, cfg)
         grads, sums = acc
         grads = shard_like_params(jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g))
         sums = jax.tree.map(jnp.add, sums, {"loss": loss, **parts})
@@ -109,7 +104,7 @@ def train_step(graphdef, tx, cfg: LossConfig, params, opt_state, batch, *, param
     zeros = shard_like_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
     keys = ("loss", "pg_loss", "kl", "entropy", "clip_frac", "ratio_mean")
     init = (zeros, {k: jnp.zeros((), jnp.float32) for k in keys})
-    (grads, sums), _ = jax.lax.scan(body, init, (batch, weights))
+    (grads, sums), _ = jax.lax.scan(body, init, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     metrics = dict(sums, grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates),

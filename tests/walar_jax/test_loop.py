@@ -1,0 +1,211 @@
+"""The training loop on the in-process rollout engine (no services): packing, version
+checks, the update schedule, checkpoints and exact resume. The same loop against the
+real vLLM sidecar and reward service is in test_trainer.py."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from walar_jax import config as cfglib
+from walar_jax import models
+from walar_jax.models.tiny import make_tiny_checkpoint
+from walar_jax.rl import trainer as trainer_lib
+from walar_jax.rl.plan import ConfigError, make_plan
+from walar_jax.rl.rollout import InProcessRollout, VersionMismatchError
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_dir):
+    return InProcessRollout(tiny_dir)
+
+
+def latin_share(items):
+    """Share of ASCII letters/spaces in each hypothesis: a reward a random tiny policy can
+    climb, so advantages are non-zero and every update changes the weights."""
+    def share(text):
+        return sum(ch.isascii() and (ch.isalpha() or ch == " ") for ch in text) / max(len(text), 1)
+    return [share(it["hypothesis"]) for it in items], {"reward_calls": 1.0}
+
+
+def loop_config(tiny_dir, **overrides):
+    return cfglib.load("configs/tiny.py", {
+        "model.path": tiny_dir, "tensorboard": False, "rollout.max_tokens": 12,
+        "optim.lr": 1e-3, "optim.warmup_frac": 0.0, **overrides})
+
+
+def make_trainer(tiny_dir, workdir, reward_fn=latin_share, **overrides):
+    c = loop_config(tiny_dir, **overrides)
+    return trainer_lib.Trainer(c, str(workdir), rollout=InProcessRollout(tiny_dir),
+                               reward_fn=reward_fn, model_dir=tiny_dir)
+
+
+def rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_in_process_engine_log_probs_are_the_policys(tiny_dir, engine):
+    res = engine.generate([[5, 6, 7], [9, 10, 11, 12, 13]], n=3, max_tokens=10, min_tokens=10,
+                          seed=1)
+    model = models.from_pretrained(tiny_dir)
+    for r in res:
+        for comp in r:
+            assert len(comp.token_ids) == 10 and comp.finish_reason == "length"  # min_tokens
+            assert not set(comp.token_ids[:-1]) & set(engine.eos)
+            ids = jnp.asarray([r.prompt_token_ids + comp.token_ids])
+            lp = np.asarray(model.token_logprobs(ids, jnp.roll(ids, -1, axis=1)))[0]
+            n_p = len(r.prompt_token_ids)
+            np.testing.assert_allclose(comp.logprobs, lp[n_p - 1:n_p - 1 + 10], atol=1e-5)
+    again = engine.generate([[5, 6, 7], [9, 10, 11, 12, 13]], n=3, max_tokens=10, min_tokens=10,
+                            seed=1)
+    assert [c.token_ids for r in again for c in r] == [c.token_ids for r in res for c in r]
+    with pytest.raises(VersionMismatchError, match="caller expects 7"):
+        engine.generate([[5]], expected_version=7)
+
+
+def test_weight_push_moves_the_version_only_when_weights_change(tiny_dir):
+    engine = InProcessRollout(tiny_dir)
+    model = models.from_pretrained(tiny_dir)
+    same = engine.update_weights(models.hf_tensors(model))
+    assert (same.version, same.changed) == (0, False)
+    tensors = dict(models.hf_tensors(model))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 2.0
+    moved = engine.update_weights(tensors.items())
+    assert (moved.version, moved.changed) == (1, True)
+    served = dict(models.hf_tensors(nnx_model(engine)))
+    np.testing.assert_array_equal(served["model.norm.weight"], tensors["model.norm.weight"])
+
+
+def nnx_model(engine):
+    from flax import nnx
+    return nnx.merge(engine.graphdef, engine.state)
+
+
+def test_two_updates_per_rollout_use_one_old_policy(tiny_dir, tmp_path):
+    # 8 prompts x 4 samples = 32 sequences feed two optimizer steps of 16
+    t = make_trainer(tiny_dir, tmp_path, rollout_batch_prompts=8, train_batch_size=16,
+                     total_steps=4, checkpoint_every=100)
+    assert (t.plan.updates_per_rollout, t.plan.rollouts_per_update) == (2, 1)
+    t.run()
+    r = rows(tmp_path)
+    assert [x["step"] for x in r] == [1, 2, 3, 4]  # a row for every optimizer step
+    assert [x["data_position"] for x in r] == [8, 8, 16, 16]
+    # the first step of a rollout trains on the policy that sampled it (ratio 1); the
+    # second on the same old log-probs, after an update: the anchor did not move
+    assert r[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert r[2]["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert abs(r[1]["ratio_mean"] - 1.0) > 1e-5 and abs(r[3]["ratio_mean"] - 1.0) > 1e-5
+    # weights go out once per rollout, after its last update
+    assert [x["weights_version"] for x in r] == [0, 1, 1, 2]
+    assert t.rollout.updates == 2
+    assert [x["reward_calls"] for x in r] == [1.0] * 4
+
+
+def test_two_rollouts_per_update(tiny_dir, tmp_path):
+    t = make_trainer(tiny_dir, tmp_path, train_batch_size=32, total_steps=2)
+    assert (t.plan.updates_per_rollout, t.plan.rollouts_per_update) == (1, 2)
+    t.run()
+    assert [x["data_position"] for x in rows(tmp_path)] == [8, 16]
+
+
+class CrashAfter:
+    """A reward function that fails on its n-th call, like a process dying mid-run."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, items):
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("simulated crash")
+        return latin_share(items)
+
+
+def state_leaves(t):
+    return [np.asarray(x) for x in jax.tree.leaves({"p": t.params, "o": t.opt_state})]
+
+
+def test_resume_mid_rollout_equals_the_uninterrupted_run(tiny_dir, tmp_path):
+    cfg = dict(rollout_batch_prompts=8, train_batch_size=16, total_steps=6, checkpoint_every=3)
+    full = make_trainer(tiny_dir, tmp_path / "full", **cfg)
+    initial = [np.asarray(x) for x in jax.tree.leaves(full.params)]
+    full.run()
+    # rollouts feed steps (1, 2), (3, 4), (5, 6); the checkpoint at step 3 holds step
+    # 4's train batch; the third rollout's reward call crashes the run
+    broken = make_trainer(tiny_dir, tmp_path / "resumed", reward_fn=CrashAfter(3), **cfg)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        broken.run()
+    assert broken.step == 4
+    resumed = make_trainer(tiny_dir, tmp_path / "resumed", **cfg)
+    assert resumed.step == 3 and len(resumed.pending) == 1
+    resumed.run()
+    a, b = rows(tmp_path / "full"), rows(tmp_path / "resumed")
+    assert [x["step"] for x in b] == [1, 2, 3, 4, 5, 6]
+    for key in ("data_position", "reward_mean", "loss", "grad_norm"):
+        assert [x[key] for x in a] == [x[key] for x in b], key
+    for x, y in zip(state_leaves(full), state_leaves(resumed)):
+        np.testing.assert_array_equal(x, y)  # params and AdamW moments, bit for bit
+    changed = [not np.array_equal(x, np.asarray(y))
+               for x, y in zip(initial, jax.tree.leaves(full.params))]
+    assert all(changed)  # every tensor moved: the resume test compares real training
+
+
+def test_rollouts_of_another_version_are_refused(tiny_dir, tmp_path):
+    t = make_trainer(tiny_dir, tmp_path, total_steps=1)
+    t.sync_weights()
+    t.weights_version = 5  # the trainer expects a version the engine does not serve
+    with pytest.raises(VersionMismatchError):
+        t.collect()
+
+    class Stale(InProcessRollout):
+        def generate(self, prompts, **kw):
+            kw["expected_version"] = None
+            return super().generate(prompts, **kw)
+
+    t.rollout = Stale(tiny_dir)
+    with pytest.raises(trainer_lib.RolloutVersionError, match="expected 5"):
+        t.collect()
+
+
+def test_truncated_responses_end_in_eos_and_prompts_cut_on_the_right(tiny_dir, tmp_path):
+    t = make_trainer(tiny_dir, tmp_path, total_steps=1, **{"rollout.max_prompt_tokens": 20})
+    t.sync_weights()
+    task = t.stream.take(1)[0]
+    full = t.tokenizer.encode(trainer_lib.prompts.build_prompt(
+        task.text, task.src_lang, task.tgt_lang, template=t.template, tokenizer=t.tokenizer))
+    assert len(full) > 20 and t._prompt_ids([task]) == [full[:20]]  # kept from the start
+    t.stream.position = 0
+    part, _ = t.collect()
+    for i in range(len(part["adv"])):
+        last = int(np.flatnonzero(part["mask"][i])[-1])
+        assert part["ids"][i, last + 1] in t.rollout.eos  # the last trained token is an EOS
+        unsampled = (part["mask"][i] > 0) & (part["sampled"][i] == 0)
+        assert unsampled.sum() in (0, 1)  # only an appended EOS lacks a sampler log-prob
+
+
+def test_config_errors_name_the_key(tiny_dir):
+    cases = [
+        ({"train_batch_size": 24}, "must divide one another"),
+        ({"micro_batch_size": 5}, "micro_batch_size=5 must divide train_batch_size=16"),
+        ({"data.paths": ("no/such/dir",)}, "data.paths: no/such/dir does not exist"),
+        ({"grpo.loss_agg": "mean"}, "grpo.loss_agg='mean'"),
+        ({"grpo.loss_agg_group": 5}, "grpo.loss_agg_group=5 must divide"),
+        ({"rollout.prompt_truncation": "middle"}, "rollout.prompt_truncation='middle'"),
+        ({"model.path": "./nowhere"}, "model.path=./nowhere: not an HF checkpoint"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            make_plan(loop_config(tiny_dir, **overrides))
+    with pytest.raises(ConfigError, match="does not fit the 8 devices"):
+        make_plan(loop_config(tiny_dir, **{"mesh.fsdp": 3}), n_devices=8)
+    with pytest.raises(ConfigError, match="multiple of mesh.data x mesh.fsdp = 16"):
+        make_plan(loop_config(tiny_dir, **{"mesh.fsdp": -1}), n_devices=16)

@@ -1,0 +1,122 @@
+"""What a run will do, worked out and checked before any service starts: the tasks, the
+update schedule (rollouts per optimizer step and the reverse), the number of steps, and
+every config value that would otherwise fail minutes later (after vLLM has loaded an 8B
+model): batch divisibility, the mesh against the devices, paths that must exist."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+
+from walar_jax import data
+
+log = logging.getLogger(__name__)
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "microbatch_token_mean")
+PROMPT_TRUNCATION = ("right", "left")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    tasks: tuple[data.Task, ...]
+    rollout_seqs: int         # sequences one rollout batch yields
+    updates_per_rollout: int  # optimizer steps one rollout batch feeds (>= 1)
+    rollouts_per_update: int  # rollout batches one optimizer step consumes (>= 1)
+    total_steps: int          # optimizer steps of the run
+
+
+def make_plan(config, *, n_devices: int | None = None) -> Plan:
+    """Reads the data, checks the config, and returns the plan (raises ConfigError)."""
+    check(config, n_devices=n_devices)
+    c = config
+    sources = data.read_sources(list(c.data.paths), input_key=c.data.input_key,
+                                lang_key=c.data.lang_key, label_key=c.data.label_key)
+    tasks = data.make_tasks(sources, list(c.data.target_langs),
+                            targets_per_source=c.data.targets_per_source, seed=c.seed)
+    seqs = c.rollout_batch_prompts * c.rollout.n
+    updates = max(1, seqs // c.train_batch_size)
+    rollouts = max(1, c.train_batch_size // seqs)
+    epoch_rollouts = math.ceil(len(tasks) / c.rollout_batch_prompts)
+    epoch_steps = max(1, epoch_rollouts * updates // rollouts)
+    total = c.total_steps or epoch_steps
+    log.info("%d tasks; rollout batch %d x %d = %d sequences, train batch %d: %s; "
+             "%d optimizer steps (%s)", len(tasks), c.rollout_batch_prompts, c.rollout.n, seqs,
+             c.train_batch_size,
+             f"{updates} optimizer steps per rollout" if updates > 1 else
+             f"{rollouts} rollouts per optimizer step", total,
+             "config" if c.total_steps else "one epoch")
+    return Plan(tuple(tasks), seqs, updates, rollouts, total)
+
+
+def check(config, *, n_devices: int | None = None) -> None:
+    """Every check that needs no model and no service."""
+    c = config
+    _check_batches(c)
+    if n_devices is not None:
+        _check_mesh(c, n_devices)
+    g = c.grpo
+    if g.loss_agg not in LOSS_AGGREGATIONS:
+        raise ConfigError(f"grpo.loss_agg={g.loss_agg!r}: one of {LOSS_AGGREGATIONS}")
+    if g.loss_agg == "microbatch_token_mean" and (
+            g.loss_agg_group <= 0 or c.train_batch_size % g.loss_agg_group):
+        raise ConfigError(f"grpo.loss_agg_group={g.loss_agg_group} must divide "
+                          f"train_batch_size={c.train_batch_size}")
+    if c.rollout.prompt_truncation not in PROMPT_TRUNCATION:
+        raise ConfigError(f"rollout.prompt_truncation={c.rollout.prompt_truncation!r}: one of "
+                          f"{PROMPT_TRUNCATION}")
+    if not 0 <= c.rollout.min_tokens <= c.rollout.max_tokens:
+        raise ConfigError(f"rollout.min_tokens={c.rollout.min_tokens} must lie in "
+                          f"[0, rollout.max_tokens={c.rollout.max_tokens}]")
+    _check_paths(c)
+
+
+def _check_batches(c) -> None:
+    seqs = c.rollout_batch_prompts * c.rollout.n
+    for key, value in (("rollout_batch_prompts", c.rollout_batch_prompts),
+                       ("rollout.n", c.rollout.n), ("train_batch_size", c.train_batch_size),
+                       ("micro_batch_size", c.micro_batch_size)):
+        if value <= 0:
+            raise ConfigError(f"{key}={value} must be positive")
+    if seqs % c.train_batch_size and c.train_batch_size % seqs:
+        raise ConfigError(f"train_batch_size={c.train_batch_size} and the rollout batch "
+                          f"rollout_batch_prompts x rollout.n = {c.rollout_batch_prompts} x "
+                          f"{c.rollout.n} = {seqs} must divide one another")
+    if c.train_batch_size % c.micro_batch_size:
+        raise ConfigError(f"micro_batch_size={c.micro_batch_size} must divide "
+                          f"train_batch_size={c.train_batch_size}")
+
+
+def _check_mesh(c, n_devices: int) -> None:
+    sizes = {k: int(c.mesh[k]) for k in ("data", "fsdp", "tensor")}
+    if list(sizes.values()).count(-1) > 1 or any(v == 0 or v < -1 for v in sizes.values()):
+        raise ConfigError(f"mesh {sizes}: sizes must be positive, at most one may be -1")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    if n_devices % fixed or (-1 not in sizes.values() and fixed != n_devices):
+        raise ConfigError(f"mesh {sizes} does not fit the {n_devices} devices")
+    resolved = {k: (n_devices // fixed if v == -1 else v) for k, v in sizes.items()}
+    batch_shards = resolved["data"] * resolved["fsdp"]
+    if c.micro_batch_size % batch_shards:
+        raise ConfigError(f"micro_batch_size={c.micro_batch_size} must be a multiple of "
+                          f"mesh.data x mesh.fsdp = {batch_shards} (sequences are sharded "
+                          f"over both)")
+
+
+def _check_paths(c) -> None:
+    for p in c.data.paths:
+        if not os.path.exists(p):
+            raise ConfigError(f"data.paths: {p} does not exist")
+    path = c.model.path
+    if path != "tiny" and (path.startswith((".", "/")) or os.path.exists(path)):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(f"model.path={path}: not an HF checkpoint directory "
+                              "(no config.json)")
+    lid = c.reward.server.get("lid_model")
+    if not c.reward.addresses and c.reward.server.get("lid", True) and lid \
+            and not os.path.isfile(lid):
+        raise ConfigError(f"reward.server.lid_model={lid} does not exist (GlotLID: download "
+                          "cis-lmu/glotlid's model_v3.bin and point there)")
