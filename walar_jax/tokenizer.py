@@ -49,18 +49,14 @@ class Tokenizer:
         self.chat_template = template
         self.special = {k: _token_str(cfg.get(k)) for k in
                         ("bos_token", "eos_token", "pad_token", "unk_token")}
-        self.bos_prefix = self._bos_prefix(cfg)
+        self.bos_prefix = self._bos_prefix()
         self._compiled = None
 
-    def _bos_prefix(self, cfg: dict) -> list[int]:
-        """The ids transformers' encoding puts before a text. transformers 5 rebuilds the
-        post-processor from `add_bos_token` when tokenizer_config.json names `add_bos_token`
-        or `add_eos_token` (Gemma, Qwen3); otherwise tokenizer.json's post-processor
-        decides (Llama 3's TemplateProcessing adds <|begin_of_text|>)."""
-        if "add_bos_token" in cfg or "add_eos_token" in cfg:
-            bos = self.special["bos_token"]
-            bos_id = self._tok.token_to_id(bos) if bos else None
-            return [bos_id] if cfg.get("add_bos_token") and bos_id is not None else []
+    def _bos_prefix(self) -> list[int]:
+        """The ids the tokenizer's own encoding puts before a text. transformers 5 takes
+        them from tokenizer.json's post-processor (Llama 3's and Gemma's TemplateProcessing
+        add BOS, Qwen's ByteLevel nothing) and drops tokenizer_config.json's
+        `add_bos_token` / `add_eos_token` whenever a tokenizer.json exists."""
         plain = self._tok.encode("a", add_special_tokens=False).ids
         full = self._tok.encode("a", add_special_tokens=True).ids
         for start in range(len(full) - len(plain) + 1):
