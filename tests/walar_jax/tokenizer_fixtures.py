@@ -7,10 +7,11 @@ The chat templates are written here from what the real ones render (no copy of t
 at hand offline): Qwen3's (system turn, think blocks of the last assistant turn,
 `enable_thinking=False` -> an empty think block), Llama 3 Instruct's (`bos_token`, header
 blocks) and translategemma's (structured user content, language table, `bos_token`).
-translategemma's table is reduced to a few codes; its names for them (en English, de
-German, es Spanish, fr French, it Italian, ja Japanese, pt Portuguese, zh Chinese) are
-those of a third-party copy of the template found by search; the rest of the real table
-could not be found.
+translategemma's table is reduced to a few codes; its names for en, de, es, fr, it, ja,
+pt and zh (English, German, Spanish, French, Italian, Japanese, Portuguese, Chinese) are
+those of a third-party copy of the template found by search, the ones for hi, ko, sw and
+uk are assumed to be the plain English names; the rest of the real table could not be
+found offline.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ INSTRUCTION = "Translate the following text from {src} into {tgt}.\n{src}: {text
 PLAIN = "{src}: {text}\n{tgt}:"
 # translategemma's user turn as its chat template renders it (used when a checkpoint
 # comes without the template), inside Gemma's turn markers. The template names each code
-# from its own table; this fallback uses the FLORES names (the same for en, de, fr, sw...).
+# from its own table, which plain English names like WALAR's match where we could check
+# them (zh: Chinese, not FLORES' "Chinese (Simplified)"); so this fallback uses those.
 TRANSLATEGEMMA = (
     "<bos><start_of_turn>user\n"
     "You are a professional {src} ({src_code}) to {tgt} ({tgt_code}) translator. Your goal is "
@@ -113,7 +114,7 @@ def _chat(tokenizer, content, template: str) -> str:
 def _translategemma(text, src, tgt, src_code, tgt_code, tokenizer, template) -> str:
     """translategemma's chat template takes the codes and the text as one content part."""
     if not _has_template(tokenizer):
-        return TRANSLATEGEMMA.format(text=text, src=language_name(src), tgt=language_name(tgt),
+        return TRANSLATEGEMMA.format(text=text, src=walar.name(src), tgt=walar.name(tgt),
                                      src_code=src_code, tgt_code=tgt_code)
     part = {"type": "text", "source_lang_code": src_code, "target_lang_code": tgt_code,
             "text": text}
