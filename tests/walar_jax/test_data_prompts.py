@@ -132,6 +132,9 @@ def test_walar_rows_that_parse_to_nothing_fail_with_file_and_line(tmp_path):
     unknown = _jsonl(tmp_path / "e.jsonl", [{"text": "Hallo.", "lang": "german"}])
     with pytest.raises(ValueError, match=r"e\.jsonl:1: source language 'german'"):
         data.read_sources([unknown])
+    broken = _jsonl(tmp_path / "f.jsonl", [{"text": "Hallo.", "label": "{src_lang: deu_Latn"}])
+    with pytest.raises(ValueError, match=r"f\.jsonl:1: 'label' \(data\.label_key\)"):
+        data.read_sources([broken])
     (tmp_path / "english.txt").write_text("Hello.\n")
     with pytest.raises(ValueError, match=r"english\.txt: file name 'english'"):
         data.read_sources([str(tmp_path / "english.txt")])

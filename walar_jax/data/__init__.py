@@ -77,7 +77,11 @@ def _row(row: dict, where: str, keys: tuple[str, str, str], input_format: str):
         if input_format == "walar":
             raise ValueError(f"{where}: not a WALAR prompt (the text, then 'Translate from X "
                              f"to Y:', or LLaMAX's Alpaca format): {text[:80]!r}")
-    src, tgt = _label(row.get(label_key)) or (row.get(lang_key), None)
+    try:
+        direction = _label(row.get(label_key))
+    except ValueError as e:  # a label that starts like JSON and is not
+        raise ValueError(f"{where}: {label_key!r} (data.label_key): {e}") from None
+    src, tgt = direction or (row.get(lang_key), None)
     if not src:
         raise ValueError(f"{where}: row names no source language (data.lang_key "
                          f"{lang_key!r} or data.label_key {label_key!r})")
