@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from protos import languages
 from walar_jax.sharding import DEFAULT_RULES
 
 
@@ -17,11 +18,16 @@ def base() -> ml_collections.ConfigDict:
     c.distributed = ml_collections.ConfigDict(dict(
         initialize=False, coordinator_address="", num_processes=0, process_id=-1,
     ))
-    # Monolingual sources -> translation tasks (see walar_jax/data).
+    # Monolingual sources -> translation tasks (see walar_jax/data) -> prompts (prompts/).
     c.data = ml_collections.ConfigDict(dict(
         paths=("data/tiny",), input_key="text", lang_key="lang", label_key="label",
+        input_format="auto",  # JSONL rows holding WALAR's finished prompts are parsed
         target_langs=("fra_Latn", "deu_Latn", "spa_Latn", "swh_Latn"), targets_per_source=1,
-        template="auto",  # auto: chat (Qwen3, thinking off), alpaca (LLaMAX), plain
+        # auto: chat (Qwen3, thinking off), alpaca (LLaMAX), translategemma, plain;
+        # walar: WALAR's prompts for the family (walar_qwen, walar_llamax, walar_gemma)
+        template="auto",
+        extract="auto",  # scored text: whole (WALAR) | cut at a blank line; auto: by template
+        bos="auto",  # auto: BOS where the tokenizer's own encoding adds it; never: none
     ))
     c.rollout = ml_collections.ConfigDict(dict(
         address="", token="",  # empty address: train.py starts rollout_server.py itself
@@ -82,7 +88,10 @@ def paper(model_path: str) -> ml_collections.ConfigDict:
     c.reward.server.lid_labels = "glotlid"
     c.reward.server.align_model = "BAAI/bge-m3"
     c.reward.server.align_layer = 24
-    c.data.paths = ("data/walar_train",)  # one <flores_code>.txt per language, or WALAR JSONL
+    # One <flores_code>.txt per language, or WALAR's JSONL (finished prompts in a field
+    # named "input_key", parsed back into text and direction). Targets: WALAR's 45.
+    c.data.update(paths=("data/walar_train",), input_key="input_key", extract="whole",
+                  target_langs=languages.WALAR_TRAINING_LANGS)
     c.rollout.update(n=8, temperature=1.0, max_tokens=512, max_prompt_tokens=512)
     c.rollout.server.update(dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.6)
     c.grpo.update(scale_by_std=True, clip_low=0.2, clip_high=0.2, kl_coef=0.01,

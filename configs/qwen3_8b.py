@@ -6,4 +6,6 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-    return common.paper("Qwen/Qwen3-8B")  # prompts: Qwen3 chat template, thinking off
+    c = common.paper("Qwen/Qwen3-8B")
+    c.data.template = "walar_qwen"  # WALAR's: text + "Translate from X to Y:", thinking off
+    return c

@@ -73,6 +73,45 @@ WALAR_TRAINING_LANGS: tuple[str, ...] = (
     "kor_Hang", "lao_Laoo", "tha_Thai",
 )
 
+# The names WALAR's prompts give each language ("Translate from English to Filipino:"):
+# `lang_dict` of WALAR's code/utils.py, keyed there by FLORES-101 codes, here by ours. They
+# differ from the table's FLORES names in places (tgl_Latn "Filipino", not "Tagalog";
+# zho_Hans "Chinese"; nob_Latn "Norwegian"; ory_Orya "Oriya"; ckb_Arab "Kurdish").
+WALAR_PROMPT_NAMES: dict[str, str] = {
+    "afr_Latn": "Afrikaans", "amh_Ethi": "Amharic", "arb_Arab": "Arabic",
+    "hye_Armn": "Armenian", "asm_Beng": "Assamese", "ast_Latn": "Asturian",
+    "azj_Latn": "Azerbaijani", "bel_Cyrl": "Belarusian", "ben_Beng": "Bengali",
+    "bos_Latn": "Bosnian", "bul_Cyrl": "Bulgarian", "mya_Mymr": "Burmese",
+    "cat_Latn": "Catalan", "ceb_Latn": "Cebuano", "zho_Hans": "Chinese",
+    "zho_Hant": "Traditional Chinese", "hrv_Latn": "Croatian", "ces_Latn": "Czech",
+    "dan_Latn": "Danish", "ary_Arab": "Darija", "nld_Latn": "Dutch",
+    "arz_Arab": "Egyptian Arabic", "eng_Latn": "English", "ekk_Latn": "Estonian",
+    "tgl_Latn": "Filipino", "fin_Latn": "Finnish", "fra_Latn": "French",
+    "fuv_Latn": "Fulah", "glg_Latn": "Galician", "lug_Latn": "Ganda",
+    "kat_Geor": "Georgian", "deu_Latn": "German", "ell_Grek": "Greek",
+    "guj_Gujr": "Gujarati", "hau_Latn": "Hausa", "heb_Hebr": "Hebrew", "hin_Deva": "Hindi",
+    "hun_Latn": "Hungarian", "isl_Latn": "Icelandic", "ibo_Latn": "Igbo",
+    "ind_Latn": "Indonesian", "gle_Latn": "Irish", "ita_Latn": "Italian",
+    "jpn_Jpan": "Japanese", "jav_Latn": "Javanese", "kea_Latn": "Kabuverdianu",
+    "kam_Latn": "Kamba", "kan_Knda": "Kannada", "kaz_Cyrl": "Kazakh", "kik_Latn": "Kikuyu",
+    "khm_Khmr": "Khmer", "kor_Hang": "Korean", "kir_Cyrl": "Kyrgyz", "lao_Laoo": "Lao",
+    "lvs_Latn": "Latvian", "lin_Latn": "Lingala", "lit_Latn": "Lithuanian", "luo_Latn": "Luo",
+    "ltz_Latn": "Luxembourgish", "mkd_Cyrl": "Macedonian", "zsm_Latn": "Malay",
+    "mal_Mlym": "Malayalam", "mlt_Latn": "Maltese", "mri_Latn": "Maori",
+    "mar_Deva": "Marathi", "khk_Cyrl": "Mongolian", "nob_Latn": "Norwegian",
+    "npi_Deva": "Nepali", "nso_Latn": "Northern Sotho", "nya_Latn": "Nyanja",
+    "oci_Latn": "Occitan", "ory_Orya": "Oriya", "gaz_Latn": "Oromo", "pbt_Arab": "Pashto",
+    "pes_Arab": "Persian", "pol_Latn": "Polish", "por_Latn": "Portuguese",
+    "pan_Guru": "Punjabi", "ron_Latn": "Romanian", "rus_Cyrl": "Russian",
+    "srp_Cyrl": "Serbian", "sna_Latn": "Shona", "snd_Arab": "Sindhi", "slk_Latn": "Slovak",
+    "slv_Latn": "Slovenian", "som_Latn": "Somali", "ckb_Arab": "Kurdish",
+    "spa_Latn": "Spanish", "swh_Latn": "Swahili", "swe_Latn": "Swedish", "tgk_Cyrl": "Tajik",
+    "tam_Taml": "Tamil", "tel_Telu": "Telugu", "tha_Thai": "Thai", "tur_Latn": "Turkish",
+    "twi_Latn": "Twi", "ukr_Cyrl": "Ukrainian", "umb_Latn": "Umbundu", "urd_Arab": "Urdu",
+    "uzn_Latn": "Uzbek", "vie_Latn": "Vietnamese", "cym_Latn": "Welsh", "wol_Latn": "Wolof",
+    "xho_Latn": "Xhosa", "yor_Latn": "Yoruba", "zul_Latn": "Zulu",
+}
+
 # Languages WALAR's evaluation scores with each metric (`xcomet_support_langs`,
 # `metricx_support_langs`); a direction with a source or target outside a list is left
 # out of that metric's averages.

@@ -29,9 +29,9 @@ def test_resolved_config_saved(tmp_path):
 
 
 @pytest.mark.parametrize("name,path,template", [
-    ("qwen3_8b", "Qwen/Qwen3-8B", "auto"),
-    ("llamax3_8b", "LLaMAX/LLaMAX3-8B-Alpaca", "alpaca"),
-    ("translategemma_4b", "google/translategemma-4b-it", "translategemma"),
+    ("qwen3_8b", "Qwen/Qwen3-8B", "walar_qwen"),
+    ("llamax3_8b", "LLaMAX/LLaMAX3-8B-Alpaca", "walar_llamax"),
+    ("translategemma_4b", "google/translategemma-4b-it", "walar_gemma"),
 ])
 def test_paper_configs(name, path, template):
     c = cfglib.load(f"configs/{name}.py")

@@ -58,20 +58,6 @@ def test_extract_translation():
     assert prompts.extract_translation("  Guten Morgen.  ") == "Guten Morgen."
 
 
-def test_translategemma_template_gets_codes_and_text():
-    class Tok:  # a tokenizer whose chat template renders the structured user part
-        chat_template = "x"
-
-        def apply_chat_template(self, messages, **kw):
-            part = messages[0]["content"][0]
-            return f"<{part['source_lang_code']}>{part['target_lang_code']}|{part['text']}"
-
-    got = prompts.build_prompt(" Good morning. ", "eng_Latn", "swh_Latn", template="translategemma",
-                               tokenizer=Tok())
-    assert got == "<en>sw|Good morning."
-    assert prompts.language_code("zul_Latn") == "zu"
-
-
 def test_tokenizer_matches_transformers(tmp_path):
     from transformers import AutoTokenizer
     from walar_jax.models.tiny import write_byte_tokenizer
@@ -89,12 +75,82 @@ def test_tokenizer_matches_transformers(tmp_path):
     assert ours.decode(ids) == ref.decode(ids) == "été 你好"
 
 
-def test_translategemma_fallback_without_a_chat_template():
-    got = prompts.build_prompt("Good morning.", "eng_Latn", "swh_Latn", template="translategemma")
-    assert got == (
-        "<bos><start_of_turn>user\nYou are a professional English (en) to Swahili (sw) "
-        "translator. Your goal is to accurately convey the meaning and nuances of the original "
-        "English text while adhering to Swahili grammar, vocabulary, and cultural "
-        "sensitivities.\nProduce only the Swahili translation, without any additional "
-        "explanations or commentary. Please translate the following English text into "
-        "Swahili:\n\n\nGood morning.<end_of_turn>\n<start_of_turn>model\n")
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return str(path)
+
+
+ALPACA_ROW = ("Below is an instruction that describes a task, paired with an input that provides "
+              "further context. Write a response that appropriately completes the request.\n"
+              "### Instruction:\nTranslate the following sentences from German to Estonian.\n"
+              "### Input:\nGuten Morgen.\nWie geht's?\n### Response:")
+
+
+def test_walar_prompt_rows_are_parsed_and_rendered_once(tmp_path):
+    from walar_jax.models.tiny import write_byte_tokenizer
+    from walar_jax.tokenizer import Tokenizer
+
+    path = _jsonl(tmp_path / "final_qwen_mix250.jsonl", [
+        {"input_key": "Good morning.\nTranslate from English to Filipino:"},
+        {"input_key": "你好。\nTranslate from Chinese to Tagalog:"},  # FLORES name works too
+        {"input_key": [{"role": "user", "content": "Bonjour.\nTranslate from French to Persian:"}]},
+        {"input_key": ALPACA_ROW},
+    ])
+    rows = data.read_sources([path], input_key="input_key")
+    assert rows == [("Good morning.", "eng_Latn", "tgl_Latn"),
+                    ("你好。", "zho_Hans", "tgl_Latn"),
+                    ("Bonjour.", "fra_Latn", "pes_Arab"),
+                    ("Guten Morgen.\nWie geht's?", "deu_Latn", "ekk_Latn")]
+    tasks = data.make_tasks(rows, ["hin_Deva"], seed=0)  # fixed directions are kept
+    assert [(t.src_lang, t.tgt_lang) for t in tasks] == [r[1:] for r in rows]
+    write_byte_tokenizer(str(tmp_path), 384)
+    p = prompts.build_prompt(tasks[0].text, tasks[0].src_lang, tasks[0].tgt_lang,
+                             template="walar_qwen", tokenizer=Tokenizer(str(tmp_path)))
+    assert p.count("Translate from") == 1 and "user\nGood morning.\nTranslate from English to " \
+        "Filipino:<|im_end|>" in p
+    with pytest.raises(ValueError, match="names no source language"):  # text: never parsed
+        data.read_sources([path], input_key="input_key", input_format="text")
+
+
+def test_walar_rows_that_parse_to_nothing_fail_with_file_and_line(tmp_path):
+    bad_lang = _jsonl(tmp_path / "a.jsonl", [
+        {"input_key": "Hi.\nTranslate from English to French:"},
+        {"input_key": "Qapla'.\nTranslate from Klingon to French:"}])
+    with pytest.raises(ValueError, match=r"a\.jsonl:2: unknown language name 'Klingon'"):
+        data.read_sources([bad_lang], input_key="input_key")
+    empty = _jsonl(tmp_path / "b.jsonl", [{"input_key": "\nTranslate from English to French:"}])
+    with pytest.raises(ValueError, match=r"b\.jsonl:1: WALAR prompt holds no source text"):
+        data.read_sources([empty], input_key="input_key")
+    plain = _jsonl(tmp_path / "c.jsonl", [{"input_key": "Just a sentence.", "lang": "eng_Latn"}])
+    assert data.read_sources([plain], input_key="input_key") == [
+        ("Just a sentence.", "eng_Latn", None)]
+    with pytest.raises(ValueError, match=r"c\.jsonl:1: not a WALAR prompt"):
+        data.read_sources([plain], input_key="input_key", input_format="walar")
+    no_lang = _jsonl(tmp_path / "d.jsonl", [{"input_key": "Just a sentence."}])
+    with pytest.raises(ValueError, match=r"d\.jsonl:1: row names no source language"):
+        data.read_sources([no_lang], input_key="input_key")
+    unknown = _jsonl(tmp_path / "e.jsonl", [{"text": "Hallo.", "lang": "german"}])
+    with pytest.raises(ValueError, match=r"e\.jsonl:1: source language 'german'"):
+        data.read_sources([unknown])
+    broken = _jsonl(tmp_path / "f.jsonl", [{"text": "Hallo.", "label": "{src_lang: deu_Latn"}])
+    with pytest.raises(ValueError, match=r"f\.jsonl:1: 'label' \(data\.label_key\)"):
+        data.read_sources([broken])
+    (tmp_path / "english.txt").write_text("Hello.\n")
+    with pytest.raises(ValueError, match=r"english\.txt: file name 'english'"):
+        data.read_sources([str(tmp_path / "english.txt")])
+    with pytest.raises(ValueError, match=r"data\.target_langs: language 'klingon'"):
+        data.make_tasks([("Hi.", "eng_Latn", None)], ["klingon"])
+
+
+def test_paper_configs_target_walars_45_languages():
+    from protos import languages
+    from walar_jax import config as cfglib
+
+    for name in ("qwen3_8b", "llamax3_8b"):
+        c = cfglib.load(f"configs/{name}.py")
+        assert tuple(c.data.target_langs) == languages.WALAR_TRAINING_LANGS
+        assert len(set(c.data.target_langs)) == 45 and c.data.extract == "whole"
+        assert c.data.input_key == "input_key"
+    gemma = cfglib.load("configs/translategemma_4b.py").data.target_langs
+    assert set(languages.WALAR_TRAINING_LANGS) - set(gemma) == {"ceb_Latn"}
+    assert cfglib.load("configs/tiny.py").data.extract == "auto"
