@@ -180,7 +180,7 @@ def test_truncated_responses_end_in_eos_and_prompts_cut_on_the_right(tiny_dir, t
     t = make_trainer(tiny_dir, tmp_path, total_steps=1, **{"rollout.max_prompt_tokens": 20})
     t.sync_weights()
     task = t.stream.take(1)[0]
-    full = t.tokenizer.encode(trainer_lib.prompts.build_prompt(
+    full = t.tokenizer.encode_prompt(trainer_lib.prompts.build_prompt(
         task.text, task.src_lang, task.tgt_lang, template=t.template, tokenizer=t.tokenizer))
     assert len(full) > 20 and t._prompt_ids([task]) == [full[:20]]  # kept from the start
     t.stream.position = 0

@@ -35,7 +35,8 @@ def make_plan(config, *, n_devices: int | None = None) -> Plan:
     check(config, n_devices=n_devices)
     c = config
     sources = data.read_sources(list(c.data.paths), input_key=c.data.input_key,
-                                lang_key=c.data.lang_key, label_key=c.data.label_key)
+                                lang_key=c.data.lang_key, label_key=c.data.label_key,
+                                input_format=c.data.input_format)
     tasks = data.make_tasks(sources, list(c.data.target_langs),
                             targets_per_source=c.data.targets_per_source, seed=c.seed)
     seqs = c.rollout_batch_prompts * c.rollout.n

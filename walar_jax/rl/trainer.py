@@ -92,8 +92,7 @@ class Trainer:
         self.param_shardings = models.sharding_tree(model, self.mesh)
         self.model_cfg = model.cfg
         self.ref_params = jax.tree.map(jnp.copy, self.params) if c.grpo.kl_coef else None
-        self.template = (prompts.default_template(model.cfg.family) if c.data.template == "auto"
-                         else c.data.template)
+        self.template = prompts.resolve_template(c.data.template, model.cfg.family)
         eos = self.tokenizer.special.get("eos_token")
         self.eos_id = self.tokenizer.token_to_id(eos) if eos else None
         if c.rollout.eos_on_truncation and self.eos_id is None:
@@ -161,7 +160,7 @@ class Trainer:
         for t in tasks:
             text = prompts.build_prompt(t.text, t.src_lang, t.tgt_lang, template=self.template,
                                         tokenizer=self.tokenizer)
-            ids = self.tokenizer.encode(text)
+            ids = self.tokenizer.encode_prompt(text, bos=self.c.data.bos)
             if len(ids) > limit:
                 log.warning("prompt of %d tokens cut to rollout.max_prompt_tokens=%d (%s)",
                             len(ids), limit, self.c.rollout.prompt_truncation)
@@ -188,7 +187,8 @@ class Trainer:
         items, seqs = [], []
         for task, res in zip(tasks, results):
             for comp in res:
-                hyp = prompts.extract_translation(comp.text, task.tgt_lang)
+                hyp = prompts.extract_translation(comp.text, task.tgt_lang, template=self.template,
+                                                  extract=self.c.data.extract)
                 items.append({"source": task.text, "hypothesis": hyp,
                               "src_lang": task.src_lang, "tgt_lang": task.tgt_lang})
                 seqs.append((res.prompt_token_ids, comp))
