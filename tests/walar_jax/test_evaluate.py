@@ -17,7 +17,7 @@ from walar_jax import launch
 from walar_jax.evaluation import cli, compare, flores, metrics, report
 from walar_jax.evaluation import judge as judge_lib
 from walar_jax.evaluation import model as model_lib
-from walar_jax.evaluation.run import EvalConfig, _parse_args, _service_metrics
+from walar_jax.evaluation import run as run_lib
 
 from .evaluate_helpers import FLORES, FakeOpenAI, needs_flores, serve_fake_openai
 
@@ -97,10 +97,10 @@ def test_directions_explicit_wildcards_and_all():
 
 
 def test_service_argument_strings():
-    assert _parse_args("--dtype=float32 --kv_cache_gib 1 --masklid --no-align") == {
+    assert cli.parse_service_args("--dtype=float32 --kv_cache_gib 1 --masklid --no-align") == {
         "dtype": "float32", "kv_cache_gib": "1", "masklid": True, "align": False}
     with pytest.raises(ValueError, match="not a --flag"):
-        _parse_args("dtype=float32")
+        cli.parse_service_args("dtype=float32")
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -314,8 +314,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
         cli.main([*base, "--directions", "eng_Latn-fuv_Latn"])
     with pytest.raises(ValueError, match="not SRC-TGT"):
         cli.main([*base, "--directions", "eng_Latn"])
-    with pytest.raises(ValueError, match="--metricx_model needs --metricx_tokenizer"):
-        _service_metrics(EvalConfig(out="o", flores="f", metricx_model="m"))
+    with pytest.raises(ValueError, match="metricx.server.qe_model needs metricx.server.qe_tokenizer"):
+        cli.main([*base, "--metricx_model", "m", "--config.metricx.server.qe_tokenizer="])
     proc = subprocess.run([sys.executable, "evaluate.py", *base[:-2], "--out", str(tmp_path / "p"),
                            "--split", "dev", "--directions", "eng_Latn-xyz_Latn"],
                           cwd=launch.REPO_ROOT, capture_output=True, text=True, check=False,
