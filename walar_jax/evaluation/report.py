@@ -148,6 +148,14 @@ def _table(title: str, first: str, groups: list[tuple[str, int, dict]], metrics,
                    for g, n, v in groups] + [""]
 
 
+def _name(code: str) -> str:
+    return f"{language_name(code)} ({code})"
+
+
+def _level_rank(group: tuple) -> int:
+    return LEVEL_ORDER.index(group[0]) if group[0] in LEVEL_ORDER else 99
+
+
 def _excluded_lines(rows: Sequence[dict]) -> list[str]:
     counts = excluded_counts(rows)
     if not counts:
@@ -163,8 +171,6 @@ def _excluded_lines(rows: Sequence[dict]) -> list[str]:
 def summary_markdown(rows: list[dict], meta: dict,
                      pivots: Sequence[str] = ()) -> str:
     ms = metric_columns(rows)
-    name = lambda c: f"{language_name(c)} ({c})"
-    level_rank = lambda g: LEVEL_ORDER.index(g[0]) if g[0] in LEVEL_ORDER else 99
     decoding = "greedy" if not meta.get("temperature") else f"temperature {meta['temperature']}"
     lines = [f"# FLORES-200 {meta.get('split', '')} evaluation: {meta.get('model', '')}", "",
              (f"{len(rows)} directions, {meta.get('n_sentences')} sentences each, "
@@ -185,11 +191,11 @@ def summary_markdown(rows: list[dict], meta: dict,
             lines += _table("Seen vs unseen targets by pivot source", "group",
                             _pivot_seen_groups(rows, pivots, ms), ms)
     lines += _table("By target resource level", "target level",
-                    sorted(group_means(rows, lambda r: r["tgt_level"], ms), key=level_rank), ms)
+                    sorted(group_means(rows, lambda r: r["tgt_level"], ms), key=_level_rank), ms)
     lines += _table("By source resource level", "source level",
-                    sorted(group_means(rows, lambda r: r["src_level"], ms), key=level_rank), ms)
-    lines += _table("By source", "source", sorted(group_means(rows, lambda r: name(r["src"]), ms)), ms)
-    lines += _table("By target", "target", sorted(group_means(rows, lambda r: name(r["tgt"]), ms)), ms)
+                    sorted(group_means(rows, lambda r: r["src_level"], ms), key=_level_rank), ms)
+    lines += _table("By source", "source", sorted(group_means(rows, lambda r: _name(r["src"]), ms)), ms)
+    lines += _table("By target", "target", sorted(group_means(rows, lambda r: _name(r["tgt"]), ms)), ms)
     lines += _table("Per direction", "direction",
                     [(r["direction"], r["n"], _direction_values(r, ms)) for r in rows], ms,
                     count="sentences")

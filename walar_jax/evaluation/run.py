@@ -106,8 +106,9 @@ def translate_all(c, data, directions, n: int, model_dir: str, template: str) ->
     settings = generate.GenSettings(template=template, max_tokens=g.max_tokens,
                                     temperature=g.temperature, batch_size=g.batch_size,
                                     max_prompt_tokens=g.max_prompt_tokens, seed=g.seed)
-    make = lambda log_path, name: services.rollout_service(
-        model_dir, c.rollout.server, log_path, name=name)
+    def make(log_path: str, name: str):
+        return services.rollout_service(model_dir, c.rollout.server, log_path, name=name)
+
     with _service("rollout", c.rollout.address, make, c.out, c.service_timeout_s) as addr, \
             RolloutClient(addr, token=c.rollout.token or None) as client:
         info = client.info()
@@ -140,7 +141,10 @@ def _score_with_service(c, metric: str, rows: list[dict], hyps: dict) -> None:
     from walar_jax.clients import RewardClient
 
     sec = c[metric]
-    make = lambda log_path, name: services.reward_service(sec.server, log_path, name=name)
+
+    def make(log_path: str, name: str):
+        return services.reward_service(sec.server, log_path, name=name)
+
     with _service(f"reward_{metric}", sec.address, make, c.out, c.service_timeout_s) as addr, \
             RewardClient([addr], token=sec.token or None,
                          timeout_s=c.service_timeout_s) as client:
