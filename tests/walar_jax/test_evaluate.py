@@ -189,6 +189,8 @@ def test_config_errors_before_anything_starts(tmp_path):
                       ([*base[:-2], "--model", "tiny"], "no output directory"),
                       ([*base, "--model", "tiny", "--config.lcr.server.masklid=True"],
                        "LCR is the identifier's top-1 label"),
+                      ([*base, "--model", "tiny", "--config.lcr.server.lid=False"],
+                       "LCR is the identifier's top-1 label"),
                       ([*base, "--model", "tiny", "--config.xcomet.enabled=True",
                         "--config.xcomet.server.qe_model="], "xcomet is enabled but has neither"),
                       ([*base, "--model", "tiny", "--judge_url", "u"], "needs --config.judge.model")):

@@ -91,12 +91,16 @@ def write_tables(out: str, rows: list[dict], meta: dict) -> None:
                    "directions": rows}, f, indent=2, ensure_ascii=False, default=str)
 
 
+def _means(rows: Sequence[dict], metrics: Sequence[str]) -> dict[str, float]:
+    """Per metric, the mean over the rows that have it (unsupported rows have none)."""
+    return {m: _mean(r.get(m) for r in rows) for m in metrics}
+
+
 def group_means(rows: Sequence[dict], key, metrics: Sequence[str]) -> list[tuple[str, int, dict]]:
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(key(r), []).append(r)
-    return [(g, len(rs), {m: _mean(r.get(m) for r in rs) for m in metrics})
-            for g, rs in groups.items()]
+    return [(g, len(rs), _means(rs, metrics)) for g, rs in groups.items()]
 
 
 def _fmt(v: float | str | None) -> str:
@@ -120,7 +124,7 @@ def pivot_groups(rows: Sequence[dict], pivots: Sequence[str],
                             (f"{p} → x", lambda r, p=p: r["src"] == p)):
             picked = [r for r in rows if pick(r)]
             if picked:
-                groups.append((label, len(picked), group_means(picked, lambda r: "", metrics)[0][2]))
+                groups.append((label, len(picked), _means(picked, metrics)))
     if groups:
         avg = {m: _mean(v[m] for _, _, v in groups) for m in metrics}
         groups.append((f"Avg of the {len(groups)} groups", len({r["direction"] for r in rows
@@ -136,7 +140,7 @@ def _pivot_seen_groups(rows, pivots, metrics) -> list[tuple[str, int, dict]]:
             picked = [r for r in rows if r["src"] == p and r["seen"] == seen]
             if picked:
                 label = f"{p} → x ({'seen' if seen else 'unseen'})"
-                out.append((label, len(picked), group_means(picked, lambda r: "", metrics)[0][2]))
+                out.append((label, len(picked), _means(picked, metrics)))
     return out
 
 

@@ -38,9 +38,11 @@ def check_config(c) -> None:
                          "--config.workdir (a training work directory)")
     if c.judge.url and not c.judge.model:
         raise ValueError("--config.judge.url needs --config.judge.model")
-    if c.lcr.enabled and not c.lcr.address and (c.lcr.server.masklid or not c.lcr.server.lid):
-        raise ValueError("LCR is the identifier's top-1 label: lcr.server needs lid=True and "
-                         "masklid=False")
+    # MaskLID is on by default in the service: it must be turned off, not left unset.
+    if c.lcr.enabled and not c.lcr.address and (c.lcr.server.masklid is not False
+                                                or c.lcr.server.lid is False):
+        raise ValueError("LCR is the identifier's top-1 label: lcr.server needs masklid=False "
+                         "and lid on")
     for m in ("xcomet", "metricx"):
         sec = c[m]
         if sec.enabled and not sec.address and not sec.server.qe_model:
