@@ -188,7 +188,7 @@ def summary_markdown(rows: list[dict], meta: dict,
         lines += _table("As WALAR reports it: into and out of each pivot language", "group",
                         groups, ms)
     if rows and "seen" in rows[0]:
-        lines += _table("Seen vs unseen in training", "directions",
+        lines += _table("Seen vs unseen in training", "set",
                         sorted(group_means(rows, lambda r: "seen" if r["seen"] else "unseen", ms)),
                         ms)
         if groups:
