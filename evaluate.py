@@ -1,7 +1,7 @@
 """FLORES-200 evaluation of a model or a training checkpoint, or a comparison of two runs:
 
-    python evaluate.py --model DIR --flores_dir DIR --directions eng_Latn-fra_Latn,fra_Latn-swh_Latn \
-        --max_sentences N --out DIR
+    python evaluate.py --config=configs/eval.py --config.model=DIR \
+        --config.data.flores=DIR --config.data.directions=eng_Latn-fra_Latn --config.out=DIR
     python evaluate.py --compare RUN_A RUN_B --out DIR
 
 See docs/evaluate.md and `python evaluate.py --help`."""

@@ -1,9 +1,55 @@
-"""Defaults shared by every run config; each config file overrides a few fields."""
+"""Defaults shared by every run config; each config file overrides a few fields.
+
+`rollout_server()` and `reward_server()` build the config sections that become the command
+lines of the two services (`walar_jax.services.service_flags`), for train.py and
+evaluate.py alike. Every flag a run may set has a key; a key left at None is not passed,
+so the service's own default applies and is stated only there (`python rollout_server.py
+--help`, `python -m reward.server --help`).
+"""
 
 import ml_collections
+from ml_collections import config_dict
 
 from protos import languages
 from walar_jax.sharding import DEFAULT_RULES
+
+# Flags of rollout_server.py that a run may set, with their types.
+ROLLOUT_SERVER_FLAGS = dict(
+    dtype=str, max_model_len=int, gpu_memory_utilization=float, tensor_parallel_size=int,
+    enable_prefix_caching=bool, seed=int, enforce_eager=bool, max_num_seqs=int,
+    kv_cache_gib=int,
+)
+# Flags of `python -m reward.server` that a run may set, with their types.
+REWARD_SERVER_FLAGS = dict(
+    qe=str, qe_model=str, qe_tokenizer=str, qe_batch_size=int, qe_max_length=int,
+    lid=bool, lid_model=str, lid_labels=str, lid_languages=str,
+    masklid=bool, masklid_beta=int, masklid_alpha=int, masklid_min_share=float,
+    align=bool, align_model=str, align_layer=int, align_batch_size=int, align_max_length=int,
+    hanlp_model=str, alpha=float, penalty=float, max_chars=int, max_batch=int, device=str,
+    log_level=str,
+)
+# The paper's language identifier (the training gate, and evaluation's LCR): GlotLID is a
+# fastText file: download cis-lmu/glotlid's model_v3.bin and point here.
+PAPER_LID = dict(lid_model="models/glotlid/model_v3.bin", lid_labels="glotlid")
+
+
+def _section(types: dict, values: dict, what: str) -> ml_collections.ConfigDict:
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise KeyError(f"{what} has no flag {unknown}; known: {sorted(types)}")
+    out = ml_collections.ConfigDict({k: config_dict.placeholder(t) for k, t in types.items()})
+    out.update(values)
+    return out
+
+
+def rollout_server(**values) -> ml_collections.ConfigDict:
+    """Flags of rollout_server.py when a run starts it; None keys keep its defaults."""
+    return _section(ROLLOUT_SERVER_FLAGS, values, "rollout_server.py")
+
+
+def reward_server(**values) -> ml_collections.ConfigDict:
+    """Flags of `python -m reward.server` when a run starts it; None keys keep its defaults."""
+    return _section(REWARD_SERVER_FLAGS, values, "reward.server")
 
 
 def base() -> ml_collections.ConfigDict:
@@ -37,16 +83,11 @@ def base() -> ml_collections.ConfigDict:
         # start); "left" keeps the end of the prompt (its answer cue) instead.
         min_tokens=1, eos_on_truncation=True, prompt_truncation="right",
         length_bucket=64, weight_transport="shm", timeout_s=1800.0,
-        # flags of rollout_server.py when train.py starts it
-        server=ml_collections.ConfigDict(dict(
-            dtype="auto", max_model_len=1024, gpu_memory_utilization=0.85,
-            tensor_parallel_size=1, enable_prefix_caching=True, seed=0)),
+        server=rollout_server(),  # flags of rollout_server.py when train.py starts it
     ))
     c.reward = ml_collections.ConfigDict(dict(
         addresses=(), token="", timeout_s=600.0,  # none: train.py starts the service
-        # flags of `python -m reward.server` when train.py starts it
-        server=ml_collections.ConfigDict(dict(
-            qe="embed", lid=True, align=True, alpha=20.0, masklid=True, device="auto")),
+        server=reward_server(),  # flags of `python -m reward.server` when train.py starts it
     ))
     c.grpo = ml_collections.ConfigDict(dict(
         scale_by_std=True,  # False: Dr.GRPO
@@ -80,12 +121,9 @@ def paper(model_path: str) -> ml_collections.ConfigDict:
     c.model.update(path=model_path, dtype="bfloat16", param_dtype="float32", remat=True)
     c.mesh.update(data=1, fsdp=-1, tensor=1)  # all devices on fsdp (bench/aot_memory.py)
     # Reward: GlotLID gate, MetricX-24 QE, MaskLID + bge-m3 (layer 24) alignment, alpha 20.
-    # GlotLID is a fastText file: download cis-lmu/glotlid's model_v3.bin and point here.
-    c.reward.server.update(qe="metricx", alpha=20.0, masklid=True, align=True)
+    c.reward.server.update(qe="metricx", alpha=20.0, masklid=True, align=True, **PAPER_LID)
     c.reward.server.qe_model = "google/metricx-24-hybrid-xl-v2p6"
     c.reward.server.qe_tokenizer = "google/mt5-xl"
-    c.reward.server.lid_model = "models/glotlid/model_v3.bin"
-    c.reward.server.lid_labels = "glotlid"
     c.reward.server.align_model = "BAAI/bge-m3"
     c.reward.server.align_layer = 24
     # One <flores_code>.txt per language, or WALAR's JSONL (finished prompts in a field

@@ -17,13 +17,17 @@ from ml_collections import config_flags
 log = logging.getLogger(__name__)
 
 
-def parse(argv: Sequence[str], *, extra_flags=None) -> tuple[ml_collections.ConfigDict, flags.FlagValues]:
-    """Parses argv (argv[0] is the program) into a locked, resolved config."""
+def parse(argv: Sequence[str], *, extra_flags=None,
+          workdir_flag: bool = True) -> tuple[ml_collections.ConfigDict, flags.FlagValues]:
+    """Parses argv (argv[0] is the program) into a locked, resolved config. `extra_flags`:
+    callables that define more flags on the FlagValues; `workdir_flag=False` leaves out
+    train.py's `--workdir` (evaluate.py's config has a key of that name)."""
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "config file (path[:arg])", flag_values=fv,
                                     lock_config=True, sys_argv=list(argv))
-    flags.DEFINE_string("workdir", None, "work directory (checkpoints, exports, metrics)",
-                        flag_values=fv)
+    if workdir_flag:
+        flags.DEFINE_string("workdir", None, "work directory (checkpoints, exports, metrics)",
+                            flag_values=fv)
     for define in extra_flags or ():
         define(fv)
     try:
@@ -31,10 +35,22 @@ def parse(argv: Sequence[str], *, extra_flags=None) -> tuple[ml_collections.Conf
     except flags.Error as e:
         raise SystemExit(f"error: {e}") from None
     except (AttributeError, KeyError) as e:  # ml_collections: override of a missing key
-        raise SystemExit(f"error: unknown config key in an override: {e}") from None
+        raise SystemExit(f"error: unknown config key in {_bad_override(argv, e)}") from None
     if fv.config is None:
         raise SystemExit("error: --config=configs/<name>.py is required")
     return fv.config, fv
+
+
+def _bad_override(argv: Sequence[str], err: Exception) -> str:
+    """The --config.a.b=v argument that named a key the config lacks (ml_collections'
+    error names only the last part), with that error."""
+    detail = str(err.args[0] if err.args else err)
+    missing = detail.strip("'\"")
+    for arg in argv:
+        path = arg.split("=", 1)[0]
+        if path.startswith("--config.") and missing in path.split(".")[1:]:
+            return f"{arg} ({path.removeprefix('--')} does not exist)"
+    return f"an override: {detail}"
 
 
 def load(path_and_arg: str, overrides: dict | None = None) -> ml_collections.ConfigDict:

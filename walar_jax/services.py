@@ -13,12 +13,16 @@ from walar_jax import launch
 log = logging.getLogger(__name__)
 
 
-def service_flags(flags: Mapping) -> list[str]:
-    """{k: v} -> argparse flags; True/False become --k / --no-k, empty values are left out."""
+def service_flags(section: Mapping) -> list[str]:
+    """A config section (`configs/common.py:rollout_server` / `reward_server`) -> the
+    service's command-line flags: True/False become --k / --no-k; None and "" are left
+    out, so the service's own default applies. train.py and evaluate.py both use it."""
     out = []
-    for k, v in flags.items():
+    for k, v in section.items():
         if v is None or v == "":
             continue
+        if isinstance(v, Mapping) or isinstance(v, (list, tuple, set)):
+            raise ValueError(f"service flag {k!r}: {v!r} is not a single value")
         if isinstance(v, bool):
             out.append(f"--{k}" if v else f"--no-{k}")
         else:
@@ -26,17 +30,20 @@ def service_flags(flags: Mapping) -> list[str]:
     return out
 
 
-def rollout_service(model_dir: str, flags: Mapping, log_path: str | None,
+def rollout_service(model_dir: str, section: Mapping, log_path: str | None,
                     name: str = "rollout") -> launch.Service:
-    """`rollout_server.py --model DIR [flags]` in the rollout environment (not started)."""
+    """`rollout_server.py --model DIR [flags of section]` in the rollout environment
+    (not started)."""
     return launch.Service(name, [launch.env_python("rollout"), "rollout_server.py",
-                                 "--model", model_dir, *service_flags(flags)], log_path=log_path)
+                                 "--model", model_dir, *service_flags(section)],
+                          log_path=log_path)
 
 
-def reward_service(flags: Mapping, log_path: str | None, name: str = "reward") -> launch.Service:
-    """`python -m reward.server [flags]` in the reward environment (not started)."""
+def reward_service(section: Mapping, log_path: str | None,
+                   name: str = "reward") -> launch.Service:
+    """`python -m reward.server [flags of section]` in the reward environment (not started)."""
     return launch.Service(name, [launch.env_python("reward"), "-m", "reward.server",
-                                 *service_flags(flags)], log_path=log_path)
+                                 *service_flags(section)], log_path=log_path)
 
 
 @contextlib.contextmanager

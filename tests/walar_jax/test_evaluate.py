@@ -8,16 +8,21 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import sacrebleu
 
-from walar_jax import launch
+from walar_jax import config as cfglib
+from walar_jax import launch, services
+from walar_jax.clients.reward import ItemReward, RewardBatch
 from walar_jax.evaluation import cli, compare, flores, metrics, report
 from walar_jax.evaluation import judge as judge_lib
 from walar_jax.evaluation import model as model_lib
-from walar_jax.evaluation.run import EvalConfig, _parse_args, _service_metrics
+from walar_jax.evaluation import run as run_lib
+
+from protos import languages
 
 from .evaluate_helpers import FLORES, FakeOpenAI, needs_flores, serve_fake_openai
 
@@ -97,10 +102,101 @@ def test_directions_explicit_wildcards_and_all():
 
 
 def test_service_argument_strings():
-    assert _parse_args("--dtype=float32 --kv_cache_gib 1 --masklid --no-align") == {
+    assert cli.parse_service_args("--dtype=float32 --kv_cache_gib 1 --masklid --no-align") == {
         "dtype": "float32", "kv_cache_gib": "1", "masklid": True, "align": False}
     with pytest.raises(ValueError, match="not a --flag"):
-        _parse_args("dtype=float32")
+        cli.parse_service_args("dtype=float32")
+
+
+# ------------------------------------------------------------------------------ config
+def test_eval_config_paper_defaults_and_overrides():
+    c = cli.parse([])  # no --config: configs/eval.py, the paper's metrics
+    assert c.xcomet.enabled and c.xcomet.server.qe_model == "Unbabel/XCOMET-XXL"
+    assert c.metricx.server.qe_model == "google/metricx-24-hybrid-xxl-v2p6-bfloat16"
+    assert (c.metricx.server.qe_tokenizer, c.metricx.server.qe_max_length) == ("google/mt5-xl", 512)
+    assert c.xcomet.only_supported and c.metricx.only_supported
+    # LCR: the training gate's identifier, top-1 label only
+    gate = cfglib.load("configs/qwen3_8b.py").reward.server
+    assert (c.lcr.server.lid_model, c.lcr.server.lid_labels) == (gate.lid_model, gate.lid_labels)
+    assert c.lcr.server.masklid is False and c.lcr.server.qe == "none"
+    assert c.seen_targets == languages.WALAR_TRAINING_LANGS and len(c.seen_targets) == 45
+    c = cli.parse(["--config=configs/eval.py:tiny", "--config.generation.max_tokens=7",
+                   "--config.xcomet.enabled=True", "--config.xcomet.server.qe_model=ckpt",
+                   "--config.rollout.server.max_num_seqs=4", "--config.seen_targets=()"])
+    assert c.generation.max_tokens == 7 and c.xcomet.enabled and c.rollout.server.max_num_seqs == 4
+    assert c.seen_targets == () and not c.metricx.enabled
+    # train.py and evaluate.py sections come from the same builders: the same keys
+    train = cfglib.load("configs/tiny.py")
+    assert set(c.rollout.server) == set(train.rollout.server)
+    assert set(c.lcr.server) == set(c.xcomet.server) == set(train.reward.server)
+    with pytest.raises(SystemExit, match="max_sentences=many: invalid literal for int"):
+        cli.parse(["--config=configs/eval.py:tiny", "--config.data.max_sentences=many"])
+    with pytest.raises(SystemExit, match="the argument is 'paper' \\(default\\) or 'tiny'"):
+        cli.parse(["--config=configs/eval.py:huge"])
+
+
+@pytest.mark.parametrize("override,named", [
+    ("--config.xcomet.server.no_such_flag=1", "config.xcomet.server.no_such_flag"),
+    ("--config.no_such_section.x=1", "config.no_such_section.x"),
+    ("--rollout_args=--no_such_flag=1", "config.rollout.server.no_such_flag"),
+])
+def test_eval_config_unknown_key_fails_naming_it(override, named):
+    with pytest.raises(SystemExit, match=f"unknown config key .*{named} does not exist"):
+        cli.parse(["--config=configs/eval.py:tiny", override])
+
+
+def test_former_flags_are_aliases_of_config_keys():
+    old = cli.parse(["--config=configs/eval.py:tiny", "--model", "tiny", "--flores_dir", "F",
+                     "--out", "O", "--step", "3", "--split=dev", "--max_tokens", "9",
+                     "--rollout_args=--dtype=bfloat16 --kv_cache_gib 2 --no-enable_prefix_caching",
+                     "--reward_args=--device=cuda", "--no_lcr", "--train_directions", "eng_Latn-*",
+                     "--xcomet_address", "h:1", "--metricx_model", "mx", "--judge_url", "u"])
+    new = cli.parse(["--config=configs/eval.py:tiny", "--config.model=tiny",
+                     "--config.data.flores=F", "--config.out=O", "--config.step=3",
+                     "--config.data.split=dev", "--config.generation.max_tokens=9",
+                     "--config.rollout.server.dtype=bfloat16", "--config.rollout.server.kv_cache_gib=2",
+                     "--config.rollout.server.enable_prefix_caching=False",
+                     *[f"--config.{m}.server.device=cuda" for m in ("lcr", "xcomet", "metricx")],
+                     "--config.lcr.enabled=False", "--config.seen_directions=eng_Latn-*",
+                     "--config.xcomet.address=h:1", "--config.xcomet.enabled=True",
+                     "--config.metricx.server.qe_model=mx", "--config.metricx.enabled=True",
+                     "--config.judge.url=u"])
+    assert old.to_dict() == new.to_dict()
+    assert services.service_flags(old.rollout.server) == [
+        "--dtype=bfloat16", "--no-enable_prefix_caching", "--kv_cache_gib=2", "--max_model_len=512"]
+    assert services.service_flags(old.metricx.server) == [
+        "--no-align", "--device=cuda", "--no-lid", "--no-masklid", "--qe=metricx",
+        "--qe_max_length=512", "--qe_model=mx", "--qe_tokenizer=google/mt5-xl"]
+    with pytest.raises(SystemExit, match="--out needs a value"):
+        cli.parse(["--out"])
+
+
+def test_service_flags_leave_out_unset_values():
+    assert services.service_flags({"a": None, "b": "", "c": True, "d": False, "e": 3,
+                                   "f": 0.5, "g": "x y"}) == [
+        "--c", "--no-d", "--e=3", "--f=0.5", "--g=x y"]
+    with pytest.raises(ValueError, match="service flag 'h'"):
+        services.service_flags({"h": ("a", "b")})
+    # the sidecar's own defaults apply: the embedded training default restates none of them
+    assert services.service_flags(cfglib.load("configs/tiny.py").rollout.server) == [
+        "--dtype=float32", "--kv_cache_gib=1", "--max_model_len=512"]
+
+
+def test_config_errors_before_anything_starts(tmp_path):
+    base = ["--config=configs/eval.py:tiny", "--flores_dir", "F", "--out", str(tmp_path / "o")]
+    for argv, msg in ((base, "exactly one of --config.model"),
+                      ([*base, "--model", "tiny", "--workdir", "w"], "exactly one of"),
+                      ([*base[:-2], "--model", "tiny"], "no output directory"),
+                      ([*base, "--model", "tiny", "--config.lcr.server.masklid=True"],
+                       "LCR is the identifier's top-1 label"),
+                      ([*base, "--model", "tiny", "--config.lcr.server.lid=False"],
+                       "LCR is the identifier's top-1 label"),
+                      ([*base, "--model", "tiny", "--config.xcomet.enabled=True",
+                        "--config.xcomet.server.qe_model="], "xcomet is enabled but has neither"),
+                      ([*base, "--model", "tiny", "--judge_url", "u"], "needs --config.judge.model")):
+        with pytest.raises(ValueError, match=msg):
+            run_lib.check_config(cli.parse(argv))
+    assert not (tmp_path / "o").exists()
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -139,7 +235,10 @@ def test_spbleu_with_a_local_sentencepiece_model(tmp_path):
     refs = lines("swh_Latn", 10)
     hyps = [r[: len(r) // 2] for r in refs]
     sp = spm.SentencePieceProcessor(model_file=str(path))
-    piece = lambda xs: [" ".join(sp.encode(x.rstrip(), out_type=str)) for x in xs]
+
+    def piece(xs):
+        return [" ".join(sp.encode(x.rstrip(), out_type=str)) for x in xs]
+
     want = sacrebleu.corpus_bleu(piece(hyps), [piece(refs)], tokenize="none").score
     got = metrics.SpBleu(str(path))(hyps, refs)
     assert got == pytest.approx(want, abs=1e-9) and 5 < got < 95
@@ -154,6 +253,168 @@ def test_lcr_needs_top1_language_service():
     with pytest.raises(ValueError, match="without a language identifier"):
         metrics.check_lid_service({"lid_labels": "none", "masklid": False})
     metrics.check_lid_service({"lid_labels": "lid176", "masklid": False})
+
+
+# ---------------------------------------------- service metrics: support lists, top-1 LCR
+class FakeRewardService:
+    """Stands in for RewardClient at the gRPC boundary (the e2e tests use the real
+    service): a top-1 label read off each hypothesis (`<code> ...`), QE = its length."""
+
+    calls: ClassVar[list] = []  # (address, [(src, tgt), ...]) per Score call
+
+    def __init__(self, addresses, token=None, timeout_s=None):
+        self.address = addresses[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def health(self):
+        backend = {"lcr": "none", "xcomet": "comet", "metricx": "metricx"}[self.address]
+        return [{"qe_backend": backend, "lid_labels": "glotlid" if backend == "none" else "none",
+                 "masklid": False}]
+
+    def score(self, items):
+        type(self).calls.append((self.address, sorted({(i["src_lang"], i["tgt_lang"])
+                                                       for i in items})))
+        out = []
+        for it in items:
+            h = it["hypothesis"]
+            label = h.split()[0] if h.strip() else ""
+            qe = (len(h) / 100 if self.address == "xcomet" else -len(h) / 10) if h else None
+            out.append(ItemReward(reward=0.0, status="OK" if h else "EMPTY_TEXT", status_detail="",
+                                  language_ok=label == it["tgt_lang"], detected_lang=label,
+                                  gate_skipped=False, qe=qe, align_f1=None, masked_hypothesis=h))
+        return RewardBatch(out, {})
+
+
+def _write_hypotheses(out, directions):
+    """Per direction: one hypothesis in the target (top-1 label = target), one in English,
+    one empty; the first one's length grows with the direction's index."""
+    for k, (src, tgt) in enumerate(directions):
+        hyps = [f"{tgt} " + "o" * k, "eng_Latn zz", ""]
+        path = pathlib.Path(out, "hypotheses", f"{src}-{tgt}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"source": "s", "reference": "r r", "hypothesis": h})
+                                + "\n" for h in hyps), encoding="utf-8")
+
+
+def test_support_lists_exclude_directions_and_lcr_counts_top1_labels(tmp_path, monkeypatch):
+    import walar_jax.clients
+
+    monkeypatch.setattr(walar_jax.clients, "RewardClient", FakeRewardService)
+    FakeRewardService.calls = []
+    langs = ["eng_Latn", "fra_Latn", "hrv_Latn", "bos_Latn", "ceb_Latn", "wol_Latn"]
+    directions = [(s, t) for s in langs for t in langs if s != t]
+    out = str(tmp_path / "eval")
+    _write_hypotheses(out, directions)
+    c = cli.parse(["--config=configs/eval.py:tiny", "--out", out, "--reward_address", "lcr",
+                   "--xcomet_address", "xcomet", "--metricx_address", "metricx"])
+    rows = run_lib.score_all(c, directions)
+    # by hand: xCOMET covers eng, fra, hrv, bos (not ceb, wol); MetricX eng, fra, ceb
+    xc_langs, mx_langs = {"eng_Latn", "fra_Latn", "hrv_Latn", "bos_Latn"}, {"eng_Latn", "fra_Latn",
+                                                                           "ceb_Latn"}
+    xc_dirs = [d for d in directions if set(d) <= xc_langs]
+    mx_dirs = [d for d in directions if set(d) <= mx_langs]
+    assert (len(xc_dirs), len(mx_dirs)) == (12, 6)
+    sent = {}
+    for address, dirs in FakeRewardService.calls:
+        sent.setdefault(address, []).extend(dirs)
+    assert {k: sorted(v) for k, v in sent.items()} == {
+        "lcr": sorted(directions), "xcomet": sorted(xc_dirs), "metricx": sorted(mx_dirs)}
+    by = {(r["src"], r["tgt"]): r for r in rows}
+    for k, d in enumerate(directions):
+        r, first = by[d], len(d[1]) + 1 + k  # length of `<tgt> ooo…`
+        assert r["xcomet_supported"] == (d in xc_dirs) and r["metricx_supported"] == (d in mx_dirs)
+        if d in xc_dirs:  # x100 of len/100; the empty one counts 0
+            assert r["xcomet"] == pytest.approx((first + 11 + 0) / 3)
+        else:
+            assert "xcomet" not in r
+        if d in mx_dirs:  # len/10 as the 0-25 error; the empty one counts 25
+            assert r["metricx"] == pytest.approx((first / 10 + 1.1 + 25) / 3)
+        # LCR: top-1 label == target for the first hypothesis, and for the second when the
+        # target is English; the empty one counts as inconsistent
+        assert r["lcr"] == pytest.approx(100 * (1 + (d[1] == "eng_Latn")) / 3)
+    report.annotate(rows, run_lib.seen_directions(c, langs, directions),
+                    report.read_resource_levels(None))
+    meta = {"model": "m", "split": "devtest", "n_sentences": 3}
+    report.write_tables(out, rows, meta)
+    md = report.summary_markdown(rows, meta, pivots=c.pivots)
+    assert "| xCOMET (x100) | 18 | 12 |" in md and "| MetricX-24 (lower is better) | 24 | 6 |" in md
+    overall = md.split("### Overall")[1].split("###")[0].splitlines()[-2]
+    want_xc = sum(by[d]["xcomet"] for d in xc_dirs) / 12
+    want_mx = sum(by[d]["metricx"] for d in mx_dirs) / 6
+    assert f"| {want_xc:.2f} | {want_mx:.2f} |" in overall
+    assert "| wol_Latn-eng_Latn | 3 |" in md
+    per_dir = md.split("### Per direction")[1]
+    line = next(x for x in per_dir.splitlines() if x.startswith("| wol_Latn-eng_Latn |"))
+    assert line.endswith("| n/s | n/s |")
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["excluded_directions"] == {"xcomet": 18, "metricx": 24}
+    with open(tmp_path / "eval" / "results.csv", encoding="utf-8") as f:
+        csv_rows = {r["direction"]: r for r in __import__("csv").DictReader(f)}
+    assert csv_rows["ceb_Latn-eng_Latn"]["xcomet_supported"] == "False"
+    assert csv_rows["ceb_Latn-eng_Latn"]["xcomet"] == ""
+    assert csv_rows["ceb_Latn-eng_Latn"]["seen"] == "False"
+    assert csv_rows["eng_Latn-ceb_Latn"]["seen"] == "True"  # ceb is a WALAR training target
+    # a second run over the same hypotheses scores nothing again
+    FakeRewardService.calls = []
+
+    def values(rs):
+        return [[r.get(m) for m in ("lcr", "xcomet", "metricx")] for r in rs]
+
+    assert values(run_lib.score_all(c, directions)) == values(rows)
+    assert FakeRewardService.calls == []
+
+
+def test_lcr_is_the_top1_label_or_nothing():
+    class Service:
+        def __init__(self, items):
+            self.items = items
+
+        def score(self, batch):
+            return RewardBatch(self.items, {})
+
+    def item(**kw):
+        return ItemReward(**{**dict(reward=0.0, status="OK", status_detail="", language_ok=False,
+                                    detected_lang="fra_Latn", gate_skipped=False, qe=None,
+                                    align_f1=None, masked_hypothesis=""), **kw})
+
+    ok, wrong = item(language_ok=True, detected_lang="swh_Latn"), item()
+    assert metrics.lcr(Service([ok, wrong, ok, item(status="EMPTY_TEXT", detected_lang="")]),
+                       ["a"] * 4, ["b"] * 4, "eng_Latn", "swh_Latn") == 50.0
+    assert math.isnan(metrics.lcr(Service([item(gate_skipped=True)]), ["a"], ["b"], "eng_Latn",
+                                  "fuv_Latn"))
+    with pytest.raises(RuntimeError, match="without a top-1 label"):
+        metrics.lcr(Service([item(language_ok=True, detected_lang="")]), ["a"], ["b"],
+                    "eng_Latn", "swh_Latn")
+
+
+def test_seen_is_a_target_among_walar_training_langs():
+    langs = ["eng_Latn", "isl_Latn", "swh_Latn", "kor_Hang"]
+    directions = [(s, t) for s in langs for t in langs if s != t]
+    c = cli.parse(["--config=configs/eval.py:tiny"])
+    assert {"isl_Latn", "kor_Hang"} <= set(languages.WALAR_TRAINING_LANGS)
+    assert not {"eng_Latn", "swh_Latn"} & set(languages.WALAR_TRAINING_LANGS)
+    seen = run_lib.seen_directions(c, langs, directions)
+    assert seen == {(s, t) for s, t in directions if t in ("isl_Latn", "kor_Hang")}
+    assert len(seen) == 6
+    c2 = cli.parse(["--config=configs/eval.py:tiny", "--train_directions", "eng_Latn-*"])
+    assert run_lib.seen_directions(c2, langs, directions) == {
+        ("eng_Latn", t) for t in langs[1:]}
+    c3 = cli.parse(["--config=configs/eval.py:tiny", "--config.seen_targets=()"])
+    assert run_lib.seen_directions(c3, langs, directions) is None
+    # WALAR's generalization figure: a pivot source into seen vs unseen targets
+    rows = [{"direction": f"{s}-{t}", "src": s, "tgt": t, "n": 1, "chrf": float(10 * k)}
+            for k, (s, t) in enumerate(directions)]
+    report.annotate(rows, seen, report.RESOURCE_LEVELS)
+    md = report.summary_markdown(rows, {"model": "m"}, pivots=("eng_Latn", "kor_Hang"))
+    assert "| seen | 6 |" in md and "| unseen | 6 |" in md
+    # eng->isl 0, eng->kor 20 (seen); eng->swh 10 (unseen)
+    assert "| eng_Latn → x (seen) | 2 | 10.00 |" in md
+    assert "| eng_Latn → x (unseen) | 1 | 10.00 |" in md
 
 
 # ----------------------------------------------------------------------- report, compare
@@ -179,6 +440,16 @@ def test_summary_groups_seen_unseen_and_resource_levels(tmp_path):
     assert "| low | 2 | 55.00 |" in by_src  # from swh_Latn: 50, 60
     assert "| high | 4 | 25.00 |" in by_src  # from eng_Latn, fra_Latn: 10, 20, 30, 40
     assert "| English (eng_Latn) | 2 | 15.00 |" in md
+    assert "As WALAR reports it" not in md  # no pivots asked for
+    # WALAR's table: chrF++ x->eng (fra 30, swh 50), eng->x (10, 20), x->swh (20, 40),
+    # swh->x (50, 60); Avg is the mean of the four group means
+    md = report.summary_markdown(rows, {"model": "m"}, pivots=("eng_Latn", "zho_Hans", "swh_Latn"))
+    walar = md.split("As WALAR reports it")[1].split("###")[0]
+    for line in ("| x → eng_Latn | 2 | 40.00 |", "| eng_Latn → x | 2 | 15.00 |",
+                 "| x → swh_Latn | 2 | 30.00 |", "| swh_Latn → x | 2 | 55.00 |",
+                 "| Avg of the 4 groups | 6 | 35.00 |"):
+        assert line in walar
+    assert "zho_Hans" not in walar
     levels = tmp_path / "levels.tsv"
     levels.write_text("swh_Latn\tmedium\n")
     assert report.read_resource_levels(str(levels))["swh_Latn"] == "medium"
@@ -312,10 +583,13 @@ def test_bad_input_is_a_clear_error(tmp_path):
     base = ["--model", "tiny", "--flores_dir", str(FLORES), "--out", str(tmp_path / "o")]
     with pytest.raises(FileNotFoundError, match="no FLORES devtest file for 'fuv_Latn'"):
         cli.main([*base, "--directions", "eng_Latn-fuv_Latn"])
+    saved = json.loads((tmp_path / "o" / "config.json").read_text())  # the resolved config
+    assert (saved["model"], saved["data"]["directions"]) == ("tiny", "eng_Latn-fuv_Latn")
+    assert saved["xcomet"]["server"]["qe_model"] == "Unbabel/XCOMET-XXL"
     with pytest.raises(ValueError, match="not SRC-TGT"):
         cli.main([*base, "--directions", "eng_Latn"])
-    with pytest.raises(ValueError, match="--metricx_model needs --metricx_tokenizer"):
-        _service_metrics(EvalConfig(out="o", flores="f", metricx_model="m"))
+    with pytest.raises(ValueError, match="metricx.server.qe_model needs metricx.server.qe_tokenizer"):
+        cli.main([*base, "--metricx_model", "m", "--config.metricx.server.qe_tokenizer="])
     proc = subprocess.run([sys.executable, "evaluate.py", *base[:-2], "--out", str(tmp_path / "p"),
                            "--split", "dev", "--directions", "eng_Latn-xyz_Latn"],
                           cwd=launch.REPO_ROOT, capture_output=True, text=True, check=False,

@@ -23,7 +23,7 @@ from .evaluate_helpers import FLORES, FakeOpenAI, needs_flores, serve_fake_opena
 
 pytestmark = [pytest.mark.e2e, needs_flores]
 LANGS = "eng_Latn,fra_Latn,swh_Latn"
-ROLLOUT_ARGS = "--dtype=float32 --kv_cache_gib=1 --max_model_len=512"
+TINY = "--config=configs/eval.py:tiny"  # CPU sidecar, lid.176, no xCOMET/MetricX by default
 LCR_FLAGS = {"qe": "none", "align": False, "masklid": False, "device": "cpu"}
 
 
@@ -78,12 +78,13 @@ def _results(out):
 
 
 def test_3x3_end_to_end_from_a_training_checkpoint(workdir, tiny_dir, addrs, tmp_path):
-    """evaluate.py exports step 2 on the fly, starts its own sidecar and reward service."""
+    """evaluate.py exports step 2 on the fly, starts its own sidecar and reward service
+    (from the config's sections: the documented command, with config overrides only)."""
     out = tmp_path / "eval"
-    cmd = [sys.executable, "evaluate.py", "--workdir", workdir, "--step", "2",
-           "--flores_dir", str(FLORES), "--languages", LANGS, "--max_sentences", "4",
-           "--max_tokens", "16", "--out", str(out), f"--rollout_args={ROLLOUT_ARGS}",
-           "--reward_args=--device=cpu", "--train_directions", "eng_Latn-*"]
+    cmd = [sys.executable, "evaluate.py", TINY, f"--config.workdir={workdir}", "--config.step=2",
+           f"--config.data.flores={FLORES}", f"--config.data.languages={LANGS}",
+           "--config.data.max_sentences=4", "--config.generation.max_tokens=16",
+           f"--config.out={out}", "--config.seen_directions=eng_Latn-*"]
     proc = subprocess.run(cmd, cwd=launch.REPO_ROOT, capture_output=True, text=True,
                           timeout=400, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -126,6 +127,9 @@ def test_3x3_end_to_end_from_a_training_checkpoint(workdir, tiny_dir, addrs, tmp
         assert (out / "plots" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
     assert "### By target resource level" in (out / "summary.md").read_text()
     assert meta["template"] == "chat" and meta["n_sentences"] == 4
+    saved = json.loads((out / "config.json").read_text())  # the resolved config
+    assert saved["workdir"] == workdir and saved["rollout"]["server"]["kv_cache_gib"] == 1
+    assert "resolved config (saved to" in proc.stderr
 
 
 def _count_calls(monkeypatch):
@@ -147,7 +151,7 @@ def _count_calls(monkeypatch):
 
 def test_resume_skips_finished_directions(tiny_dir, addrs, tmp_path, monkeypatch):
     out = str(tmp_path / "eval")
-    argv = ["--model", tiny_dir, "--flores_dir", str(FLORES), "--languages", LANGS,
+    argv = [TINY, "--model", tiny_dir, "--flores_dir", str(FLORES), "--languages", LANGS,
             "--directions", "eng_Latn-*,*-eng_Latn", "--max_sentences", "3", "--max_tokens", "12",
             "--batch_size", "5", "--out", out, "--rollout_address", addrs["rollout"],
             "--reward_address", addrs["reward"]]
@@ -171,7 +175,7 @@ def test_resume_skips_finished_directions(tiny_dir, addrs, tmp_path, monkeypatch
 
 def test_judge_and_seen_split_in_a_resumed_run(tiny_dir, addrs, tmp_path, fake_openai, monkeypatch):
     out = str(tmp_path / "eval")
-    argv = ["--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
+    argv = [TINY, "--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
             "eng_Latn-fra_Latn,fra_Latn-swh_Latn", "--max_sentences", "2", "--max_tokens", "8",
             "--out", out, "--rollout_address", addrs["rollout"], "--no_lcr",
             "--judge_url", fake_openai, "--judge_model", "judge"]
@@ -204,6 +208,13 @@ def test_lcr_high_on_references_near_zero_on_other_languages(addrs):
             on_sources = metrics.lcr(client, srcs, srcs, other, tgt)  # untranslated copies
             assert on_refs >= 90.0, (tgt, on_refs)
             assert on_sources <= 5.0, (tgt, other, on_sources)
+            # the verdict is the top-1 label: the label names the target exactly when
+            # language_ok, and LCR is their share
+            items = client.score([{"source": s, "hypothesis": h, "src_lang": other,
+                                   "tgt_lang": tgt} for s, h in zip(srcs * 2, refs + srcs[:5])])
+            assert [it.language_ok for it in items.items] == [
+                it.detected_lang == tgt for it in items.items]
+            assert on_refs == 100 * sum(it.detected_lang == tgt for it in items.items[:20]) / 20
 
 
 def _tiny_qe_models(out: pathlib.Path) -> tuple[str, str, str]:
@@ -227,13 +238,17 @@ def test_reference_mode_xcomet_and_metricx_through_the_reward_service(tiny_dir, 
                                     name="metricx")]
     out = str(tmp_path / "eval")
     with services.started(svcs, 600) as by_name:
-        res = cli.main(["--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
-                        "eng_Latn-fra_Latn,fra_Latn-swh_Latn", "--max_sentences", "3",
+        res = cli.main([TINY, "--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
+                        "eng_Latn-fra_Latn,fra_Latn-swh_Latn,eng_Latn-wol_Latn", "--max_sentences", "3",
                         "--max_tokens", "12", "--out", out, "--rollout_address", addrs["rollout"],
                         "--no_lcr", "--xcomet_address", by_name["xcomet"],
                         "--metricx_address", by_name["metricx"]])
+        # Wolof is in neither metric's languages: marked, not scored, out of the averages
+        wol = next(r for r in res["rows"] if r["tgt"] == "wol_Latn")
+        assert wol["xcomet_supported"] is False and wol["metricx_supported"] is False
+        assert "xcomet" not in wol and "metricx" not in wol
         with RewardClient([by_name["xcomet"]]) as xc, RewardClient([by_name["metricx"]]) as mx:
-            for r in res["rows"]:
+            for r in res["rows"][:2]:
                 hyps = generate.read_hypotheses(out, r["src"], r["tgt"])
                 items = [{"source": h["source"], "hypothesis": h["hypothesis"],
                           "reference": h["reference"], "src_lang": r["src"],
@@ -248,10 +263,14 @@ def test_reference_mode_xcomet_and_metricx_through_the_reward_service(tiny_dir, 
                                    for it in items])
                 assert [it.qe for it in x.items] != [it.qe for it in no_ref.items]
         with pytest.raises(ValueError, match="runs QE backend 'comet', not 'metricx'"):
-            cli.main(["--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
+            cli.main([TINY, "--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
                       "eng_Latn-fra_Latn", "--max_sentences", "3", "--max_tokens", "12",
                       "--out", str(tmp_path / "eval2"), "--rollout_address", addrs["rollout"],
                       "--no_lcr", "--metricx_address", by_name["xcomet"]])
     summary = (pathlib.Path(out) / "summary.md").read_text()
     assert "xCOMET (x100)" in summary and "MetricX-24 (lower is better)" in summary
+    assert "| xCOMET (x100) | 1 | 2 |" in summary  # left out, scored
+    overall = summary.split("### Overall")[1].split("###")[0].splitlines()[-2]
+    want = [sum(r[m] for r in res["rows"][:2]) / 2 for m in ("xcomet", "metricx")]
+    assert f"| {want[0]:.2f} | {want[1]:.2f} |" in overall
     assert (pathlib.Path(out) / "plots" / "heatmap_metricx.png").is_file()

