@@ -51,7 +51,7 @@ def _write_atomic(path: str, rows: list[dict]) -> None:
 def prompt_ids(tokenizer, text: str, src: str, tgt: str, s: GenSettings) -> list[int]:
     """Token ids of the training prompt; an over-long prompt keeps its end (the answer cue)."""
     prompt = prompts.build_prompt(text, src, tgt, template=s.template, tokenizer=tokenizer)
-    ids = list(tokenizer.encode(prompt, add_special_tokens=False))
+    ids = tokenizer.encode_prompt(prompt)  # BOS exactly as in training
     if len(ids) > s.max_prompt_tokens:
         log.warning("prompt of %d tokens (%s-%s) truncated to %d", len(ids), src, tgt,
                     s.max_prompt_tokens)
@@ -83,7 +83,8 @@ def translate(rollout, tokenizer, flores: Flores, directions: Sequence[tuple[str
             done[(src, tgt)][i] = {
                 "id": i, "src_lang": src, "tgt_lang": tgt,
                 "source": flores.sentences(src)[i], "reference": flores.sentences(tgt)[i],
-                "output": comp.text, "hypothesis": prompts.extract_translation(comp.text, tgt),
+                "output": comp.text, "hypothesis": prompts.extract_translation(
+                    comp.text, tgt, template=settings.template),
                 "finish_reason": comp.finish_reason, "output_tokens": len(comp.token_ids)}
         for d in todo:
             if len(done[d]) == n_sentences and d not in written:

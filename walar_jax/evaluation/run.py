@@ -248,8 +248,7 @@ def evaluate(c) -> dict:
     data, directions, n = _setup(c)
     model_dir, model_name = model_lib.resolve(c.model or None, c.workdir or None, c.step, c.out)
     g = c.generation
-    template = (prompts.default_template(models.read_config(model_dir).family)
-                if g.template == "auto" else g.template)
+    template = prompts.resolve_template(g.template, models.read_config(model_dir).family)
     meta = {"model": model_name, "model_dir": model_dir, "split": c.data.split,
             "n_sentences": n, "template": template, "max_tokens": g.max_tokens,
             "temperature": g.temperature, "max_prompt_tokens": g.max_prompt_tokens,
