@@ -547,7 +547,7 @@ def test_training_checkpoint_exports_on_the_fly(tmp_path):
     workdir = tmp_path / "run"
     c = cfglib.load("configs/tiny.py", {"model.path": tiny, "tensorboard": False})
     cfglib.save(c, str(workdir))
-    t = Trainer(c, str(workdir), rollout=None, reward_fn=None)  # real checkpoints, no services
+    t = Trainer(c, str(workdir), rollout=None, reward_fn=None, model_dir=tiny)  # no services
     for step, shift in ((2, 0.25), (3, 0.5)):
         t.params = jax.tree.map(lambda x, s=shift: x + s, t.params)
         t.step = step
