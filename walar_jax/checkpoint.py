@@ -7,13 +7,20 @@
            feeds several optimizer steps and was not used up at this step, so a resume
            continues with exactly those batches.
 Only committed steps count: a save that died half way leaves Orbax's tmp directory,
-which `latest_step` never returns.
+which `latest_step` never returns. After each save a manifest (`walar_manifest.json`:
+every file's size and CRC-32) is written into the step; `restore_latest` checks it and
+the restore itself, and a checkpoint that fails either (a file truncated, missing or
+with flipped bytes) is reported by name, moved aside as `<step>.corrupt`, and the
+previous complete one is used.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
+import zlib
 from typing import Any
 
 import jax
@@ -22,6 +29,11 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
 DIRNAME = "checkpoints"
+MANIFEST = "walar_manifest.json"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """No checkpoint of the work directory could be restored; the message says why."""
 
 
 def directory(workdir: str) -> str:
@@ -65,6 +77,28 @@ class Checkpointer:
             items["pending"] = ocp.args.StandardSave({str(i): b for i, b in enumerate(pending)})
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            _write_manifest(os.path.join(self.manager.directory, str(step)))
+
+    def restore_latest(self, abstract_state: dict[str, Any]):
+        """(step, state, meta, pending) of the newest checkpoint that verifies and
+        restores, or None when there is none; corrupt ones are moved aside."""
+        problems = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            path = os.path.join(self.manager.directory, str(step))
+            try:
+                _verify_manifest(path)
+                return (step, *self.restore(step, abstract_state))
+            except Exception as err:  # noqa: BLE001 - any failure means: not this one
+                reason = f"{type(err).__name__}: {str(err)[:500]}"
+                log.error("checkpoint %s cannot be restored (%s); trying the previous one",
+                          path, reason)
+                problems.append(f"{path}: {reason}")
+                _move_aside(path)
+                self.manager.reload()
+        if problems:
+            raise CorruptCheckpointError("no checkpoint could be restored:\n" + "\n".join(problems))
+        return None
 
     def restore(self, step: int, abstract_state: dict[str, Any]
                 ) -> tuple[dict, dict, list[dict[str, np.ndarray]]]:
@@ -93,3 +127,54 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _file_crcs(step_dir: str) -> dict[str, list[int]]:
+    out = {}
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel.startswith(MANIFEST):
+                continue
+            crc = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    crc = zlib.crc32(chunk, crc)
+            out[rel] = [os.path.getsize(path), crc]
+    return out
+
+
+def _write_manifest(step_dir: str) -> None:
+    crcs = _file_crcs(step_dir)
+    tmp = os.path.join(step_dir, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(crcs, f)
+    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+def _verify_manifest(step_dir: str) -> None:
+    """Raises naming the first file that is missing, truncated or changed. A step saved
+    by a process that died before writing the manifest is checked by restoring alone."""
+    path = os.path.join(step_dir, MANIFEST)
+    if not os.path.exists(path):
+        log.warning("%s has no %s: checked by restoring only", step_dir, MANIFEST)
+        return
+    with open(path) as f:
+        want = json.load(f)
+    have = _file_crcs(step_dir)
+    for rel, (size, crc) in want.items():
+        if rel not in have:
+            raise FileNotFoundError(f"{rel} is missing")
+        if have[rel][0] != size:
+            raise ValueError(f"{rel} has {have[rel][0]} bytes, {size} were written")
+        if have[rel][1] != crc:
+            raise ValueError(f"{rel} does not hold the bytes that were written (CRC-32)")
+
+
+def _move_aside(step_dir: str) -> None:
+    target = f"{step_dir}.corrupt"
+    if os.path.exists(target):
+        target = f"{step_dir}.corrupt-{int(time.time())}"
+    os.replace(step_dir, target)
+    log.error("moved %s to %s", step_dir, target)

@@ -71,8 +71,7 @@ class Trainer:
         self.pending: list[dict[str, np.ndarray]] = []  # train batches not yet used
         self.pending_stats: dict[str, float] = {}
         self.ckpt = checkpoint.Checkpointer(self.workdir, keep=config.keep_checkpoints)
-        if self.ckpt.latest_step() is not None:
-            self._restore(self.ckpt.latest_step())
+        self._restore()
 
     # ---------------------------------------------------------------- set-up
     def _setup_model(self):
@@ -126,10 +125,13 @@ class Trainer:
     def _state(self) -> dict:
         return {"params": self.params, "opt_state": self.opt_state}
 
-    def _restore(self, step: int):
+    def _restore(self):
         abstract = {"params": checkpoint.abstract_like(self.params, self.param_shardings),
                     "opt_state": checkpoint.abstract_like(self.opt_state, self.opt_shardings)}
-        state, meta, self.pending = self.ckpt.restore(step, abstract)
+        got = self.ckpt.restore_latest(abstract)
+        if got is None:
+            return
+        _, state, meta, self.pending = got
         self.params, self.opt_state = state["params"], state["opt_state"]
         if meta["seed"] != self.c.seed:
             raise ValueError(f"checkpoint was trained with seed {meta['seed']}, "
