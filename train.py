@@ -1,6 +1,7 @@
 """WALAR GRPO training: python train.py --config=configs/tiny.py --workdir=runs/tiny"""
 
 import logging
+import signal
 import sys
 
 from walar_jax import config as cfglib
@@ -22,4 +23,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
+    # SIGTERM unwinds like Ctrl-C: services stopped, weight segments and port files removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     main(sys.argv)

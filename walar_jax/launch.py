@@ -7,8 +7,10 @@ health check and stops them again (also on errors and Ctrl-C).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,14 @@ def resolve_model_path(path: str) -> str:
     from walar_jax import models
 
     return models.resolve_checkpoint(path)
+
+
+def _die_with_parent() -> None:
+    """In the child between fork and exec: SIGTERM when the parent dies (Linux prctl)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the service's own parent watch still applies
+        pass
 
 
 def venvs_dir() -> pathlib.Path:
@@ -55,17 +65,22 @@ class Service:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.address: str | None = None
+        self._dir = ""  # private directory of the port file
 
     def start(self, timeout_s: float = 600.0) -> "Service":
-        """Starts the process with `--port 0 --port_file F` appended and waits for F."""
-        port_file = tempfile.NamedTemporaryFile(prefix=f"{self.name}-port-", delete=False).name
-        os.unlink(port_file)
+        """Starts the process with `--port 0 --port_file F` appended and waits for F.
+
+        F lies in a fresh 0700 directory, so no other user can plant a port there; the
+        child gets SIGTERM when this process dies (Linux), so a killed trainer leaves no
+        service behind."""
+        self._dir = tempfile.mkdtemp(prefix=f"walar-{self.name}-")  # mode 0700
+        port_file = os.path.join(self._dir, "port")
         log = open(self.log_path, "ab") if self.log_path else None
         env = {**os.environ, **(self.env or {})}
         self.proc = subprocess.Popen(
             [*self.argv, "--port", "0", "--port_file", port_file],
             stdout=log or sys.stderr, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -83,6 +98,8 @@ class Service:
         raise TimeoutError(f"{self.name} did not start serving within {timeout_s:.0f}s")
 
     def stop(self, grace_s: float = 10.0) -> None:
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
         if self.proc is None or self.proc.poll() is not None:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)
