@@ -83,6 +83,10 @@ def base() -> ml_collections.ConfigDict:
         # start); "left" keeps the end of the prompt (its answer cue) instead.
         min_tokens=1, eos_on_truncation=True, prompt_truncation="right",
         length_bucket=64, weight_transport="shm", timeout_s=1800.0,
+        # 0: generate, score, update, sync in turn (WALAR). s > 0: a background thread
+        # makes the next rollouts while the trainer updates, at most s weight versions
+        # behind (see grpo.is_correction for the off-policy correction).
+        max_staleness=0,
         server=rollout_server(),  # flags of rollout_server.py when train.py starts it
     ))
     c.reward = ml_collections.ConfigDict(dict(
@@ -96,7 +100,11 @@ def base() -> ml_collections.ConfigDict:
         # WALAR (OpenRLHF): token mean within each micro-batch of 16 sequences, averaged
         # over micro-batches; token_mean / seq_mean_token_mean are the alternatives.
         loss_agg="microbatch_token_mean", loss_agg_group=16,
-        entropy_coef=0.0, tis_cap=0.0,
+        entropy_coef=0.0,
+        # the sampler's log-probs are the behaviour policy: "tis" weights each token by
+        # min(pi_old / pi_sampler, tis_cap); "mask" drops sequences whose length-normalised
+        # ratio leaves is_band; "none" (WALAR) trusts old = sampler.
+        is_correction="none", tis_cap=2.0, is_band=(0.5, 2.0),
     ))
     c.optim = ml_collections.ConfigDict(dict(
         lr=5e-7, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0, warmup_frac=0.03,

@@ -75,9 +75,21 @@ def test_k3_clamp_is_optional():
     assert float(grpo.kl_penalty(lp, ref, "k3", clamp=20)[0, 0]) == pytest.approx(np.exp(-20) + 19)
 
 
-def test_truncated_is_and_mismatch():
-    old, roll = np.log([[0.5, 0.1]]), np.log([[0.25, 0.1]])
-    np.testing.assert_allclose(np.asarray(grpo.truncated_is_weights(old, roll, 1.5)), [[1.5, 1.0]])
-    assert np.all(np.asarray(grpo.truncated_is_weights(old, roll, 0)) == 1)
-    mean, mx = grpo.logprob_mismatch(old, roll, np.array([[1, 1]]))
+def test_importance_corrections_and_mismatch():
+    old, roll = np.log([[0.5, 0.1, 0.3]]), np.log([[0.25, 0.1, 0.3]])
+    m = np.array([[1, 1, 0]])
+    w, st = grpo.is_weights(old, roll, m, mode="tis", cap=1.5)
+    np.testing.assert_allclose(np.asarray(w)[:, :2], [[1.5, 1.0]])
+    assert float(st["is_ratio_mean"]) == pytest.approx((2 + 1) / 2)
+    assert float(st["is_truncated_share"]) == pytest.approx(0.5)
+    w, _ = grpo.is_weights(old, roll, m, mode="none")
+    assert np.all(np.asarray(w) == 1)
+    # mask: sequence ratio exp(mean(log 2, 0)) = sqrt(2) lies in [0.5, 2], not in [0.5, 1.2]
+    two = np.concatenate([old, old]), np.concatenate([roll, old])
+    w, st = grpo.is_weights(*two, np.concatenate([m, m]), mode="mask", band=(0.5, 1.2))
+    np.testing.assert_array_equal(np.asarray(w), [[0, 0, 0], [1, 1, 1]])
+    assert float(st["is_masked_share"]) == pytest.approx(0.5)
+    w, _ = grpo.is_weights(*two, np.concatenate([m, m]), mode="mask", band=(0.5, 2.0))
+    assert np.all(np.asarray(w) == 1)
+    mean, mx = grpo.logprob_mismatch(old[:, :2], roll[:, :2], np.array([[1, 1]]))
     assert float(mx) == pytest.approx(np.log(2)) and float(mean) == pytest.approx(np.log(2) / 2)

@@ -104,8 +104,9 @@ def test_two_updates_per_rollout_use_one_old_policy(tiny_dir, tmp_path):
     assert r[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert r[2]["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert abs(r[1]["ratio_mean"] - 1.0) > 1e-5 and abs(r[3]["ratio_mean"] - 1.0) > 1e-5
-    # weights go out once per rollout, after its last update
-    assert [x["weights_version"] for x in r] == [0, 1, 1, 2]
+    # weights go out once per rollout, after its last update: both steps of a rollout
+    # train on what one engine version sampled
+    assert [x["rollout_version"] for x in r] == [0, 0, 1, 1]
     assert t.rollout.updates == 2
     assert [x["reward_calls"] for x in r] == [1.0] * 4
 
@@ -209,3 +210,68 @@ def test_config_errors_name_the_key(tiny_dir):
         make_plan(loop_config(tiny_dir, **{"mesh.fsdp": 3}), n_devices=8)
     with pytest.raises(ConfigError, match="multiple of mesh.data x mesh.fsdp = 16"):
         make_plan(loop_config(tiny_dir, **{"mesh.fsdp": -1}), n_devices=16)
+
+
+# ---------------------------------------------------------------- bounded staleness
+def compare_runs(a, b, keys=("data_position", "reward_mean", "loss", "grad_norm")):
+    ra, rb = rows(a), rows(b)
+    assert [x["step"] for x in ra] == [x["step"] for x in rb]
+    for key in keys:
+        assert [x[key] for x in ra] == [x[key] for x in rb], key
+
+
+def test_staleness_zero_through_the_producer_is_the_synchronous_loop(tiny_dir, tmp_path):
+    sync = make_trainer(tiny_dir, tmp_path / "sync", total_steps=3)
+    sync.run()
+    threaded = make_trainer(tiny_dir, tmp_path / "producer", total_steps=3)
+    threaded.use_producer = True
+    threaded.run()
+    compare_runs(tmp_path / "sync", tmp_path / "producer",
+                 ("data_position", "reward_mean", "loss", "grad_norm", "rollout_version",
+                  "staleness"))
+    for x, y in zip(state_leaves(sync), state_leaves(threaded)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_staleness_one_trains_one_version_behind(tiny_dir, tmp_path):
+    t = make_trainer(tiny_dir, tmp_path, total_steps=5, **{"rollout.max_staleness": 1,
+                                                           "grpo.is_correction": "tis"})
+    t.run()
+    r = rows(tmp_path)
+    # rollout j is made with the weights after step j - 1: the first batch has none older
+    assert [x["staleness"] for x in r] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert [x["rollout_weights_step"] for x in r] == [0.0, 0.0, 1.0, 2.0, 3.0]
+    assert [x["data_position"] for x in r] == [4, 8, 12, 16, 20]
+    # the sampler's weights are a step old: the importance ratio departs from 1
+    assert all(abs(x["is_ratio_mean"] - 1.0) > 1e-6 for x in r[1:])
+    assert abs(r[0]["is_ratio_mean"] - 1.0) < 1e-5
+
+
+def test_a_batch_older_than_the_bound_is_refused(tiny_dir, tmp_path):
+    from walar_jax.rl.producer import Made, Producer
+
+    t = make_trainer(tiny_dir, tmp_path, total_steps=5, **{"rollout.max_staleness": 1})
+    t.step = 3
+    t.producer = Producer(collect=None, install=None, first_index=3, position=0, per_step=1,
+                          staleness=1, installed_step=3, version=0)
+    t.producer.ready[3] = Made(3, 16, {}, {}, version=1, gen_step=1)  # two steps old
+    with pytest.raises(trainer_lib.RolloutVersionError, match="more than rollout.max_stale"):
+        t._rollouts_for_step()
+
+
+def test_resume_with_staleness_one_equals_the_uninterrupted_run(tiny_dir, tmp_path):
+    cfg = {"total_steps": 6, "checkpoint_every": 3, "rollout.max_staleness": 1}
+    full = make_trainer(tiny_dir, tmp_path / "full", **cfg)
+    full.run()
+    # the checkpoint at step 3 holds rollout 3 (made with step 2's weights); rollout 4 is
+    # made again after the resume; the reward call of rollout 5 crashes the first run
+    broken = make_trainer(tiny_dir, tmp_path / "resumed", reward_fn=CrashAfter(6), **cfg)
+    with pytest.raises(RuntimeError, match="rollout producer failed"):
+        broken.run()
+    resumed = make_trainer(tiny_dir, tmp_path / "resumed", **cfg)
+    assert resumed.step == 3 and [m.index for m in resumed.saved_rollouts] == [3]
+    resumed.run()
+    compare_runs(tmp_path / "full", tmp_path / "resumed", ("data_position", "reward_mean",
+                                                           "loss", "grad_norm", "staleness"))
+    for x, y in zip(state_leaves(full), state_leaves(resumed)):
+        np.testing.assert_array_equal(x, y)

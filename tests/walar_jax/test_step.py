@@ -25,7 +25,7 @@ def batch(M, B, T=24, seed=0, agg="token_mean", group=0):
             mask[m, b, start:start + n] = 1
     lp = rng.normal(-3, 0.2, (M, B, T)).astype(np.float32)
     w = np.asarray(grpo.token_weights(mask.reshape(M * B, T), agg, group=group)).reshape(M, B, T)
-    return {"w": w,"ids": rng.integers(0, 384, (M, B, T)).astype(np.int32),
+    return {"w": w, "is_w": np.ones((M, B, T), np.float32),"ids": rng.integers(0, 384, (M, B, T)).astype(np.int32),
             "seg": np.ones((M, B, T), np.int32), "mask": mask,
             "adv": rng.normal(size=(M, B)).astype(np.float32),
             "old_logp": lp, "ref_logp": lp - 0.05, "rollout_logp": lp + 0.01}

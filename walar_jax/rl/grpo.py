@@ -83,12 +83,34 @@ def token_weights(mask, mode: str = "token_mean", *, group: int = 0, order=None)
                      "(token_mean, seq_mean_token_mean, microbatch_token_mean)")
 
 
-def truncated_is_weights(old_logp, rollout_logp, cap: float):
-    """Truncated importance weights min(pi_old / pi_rollout, cap) that correct for the
-    sampler's numerics differing from the trainer's (off when cap <= 0)."""
-    if cap <= 0:
-        return jnp.ones_like(old_logp)
-    return jnp.minimum(jnp.exp(old_logp - rollout_logp), cap)
+def is_weights(old_logp, rollout_logp, mask, *, mode: str = "none", cap: float = 2.0,
+               band: tuple[float, float] = (0.5, 2.0)):
+    """Per-token weights [S, T] on the policy-gradient term that correct for the sampler
+    (behaviour policy, `rollout_logp`) differing from the trainer's old policy: through
+    stale weights (max_staleness > 0) or numerics.
+
+    none: 1. tis: truncated importance sampling, min(pi_old / pi_sampler, cap) per token.
+    mask: a sequence whose length-normalised ratio exp(mean log(pi_old / pi_sampler))
+    leaves `band` gets weight 0, every other token 1. Returns (weights, metrics).
+    """
+    mask = jnp.asarray(mask, jnp.float32)
+    log_ratio = (jnp.asarray(old_logp) - jnp.asarray(rollout_logp)) * mask
+    n_tok = jnp.maximum(mask.sum(), 1.0)
+    stats = {"is_ratio_mean": (jnp.exp(log_ratio) * mask).sum() / n_tok}
+    if mode == "none":
+        return jnp.ones_like(mask), {**stats, "is_masked_share": jnp.zeros(())}
+    if mode == "tis":
+        w = jnp.minimum(jnp.exp(log_ratio), cap)
+        return w, {**stats, "is_truncated_share": ((jnp.exp(log_ratio) > cap) * mask).sum() / n_tok,
+                   "is_masked_share": jnp.zeros(())}
+    if mode == "mask":
+        has = mask.sum(axis=1) > 0
+        seq = jnp.exp(log_ratio.sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0))
+        keep = (seq >= band[0]) & (seq <= band[1])
+        share = (has & ~keep).sum() / jnp.maximum(has.sum(), 1)
+        return jnp.broadcast_to(keep[:, None], mask.shape).astype(jnp.float32), {
+            **stats, "is_masked_share": share}
+    raise ValueError(f"unknown importance correction {mode!r} (none, tis, mask)")
 
 
 def logprob_mismatch(trainer_logp, rollout_logp, mask):

@@ -15,6 +15,7 @@ from walar_jax import data
 log = logging.getLogger(__name__)
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "microbatch_token_mean")
 PROMPT_TRUNCATION = ("right", "left")
+IS_CORRECTIONS = ("none", "tis", "mask")
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,16 @@ def check(config, *, n_devices: int | None = None) -> None:
     if not 0 <= c.rollout.min_tokens <= c.rollout.max_tokens:
         raise ConfigError(f"rollout.min_tokens={c.rollout.min_tokens} must lie in "
                           f"[0, rollout.max_tokens={c.rollout.max_tokens}]")
+    if c.rollout.max_staleness < 0:
+        raise ConfigError(f"rollout.max_staleness={c.rollout.max_staleness} must be >= 0")
+    seqs = c.rollout_batch_prompts * c.rollout.n
+    if c.rollout.max_staleness and seqs > c.train_batch_size:
+        raise ConfigError(f"rollout.max_staleness={c.rollout.max_staleness} needs each rollout "
+                          f"batch ({seqs} sequences) to fit in one optimizer step "
+                          f"(train_batch_size={c.train_batch_size}): several updates on one "
+                          "stale batch would compound two kinds of off-policyness")
+    if c.grpo.is_correction not in IS_CORRECTIONS:
+        raise ConfigError(f"grpo.is_correction={c.grpo.is_correction!r}: one of {IS_CORRECTIONS}")
     _check_paths(c)
 
 

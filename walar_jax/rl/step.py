@@ -27,7 +27,6 @@ class LossConfig:
     kl_estimator: str = "k3"
     kl_clamp: float = 0.0
     entropy_coef: float = 0.0
-    tis_cap: float = 0.0
     logprob_chunk: int = 256
 
 
@@ -66,7 +65,7 @@ def _micro_loss(params, graphdef, mb, cfg: LossConfig):
     w = mb["w"]
     pg, clipped = grpo.ppo_clip_loss(logp, mb["old_logp"], mb["adv"],
                                      clip_low=cfg.clip_low, clip_high=cfg.clip_high)
-    pg = pg * grpo.truncated_is_weights(mb["old_logp"], mb["rollout_logp"], cfg.tis_cap)
+    pg = pg * mb["is_w"]  # importance correction for the sampler (grpo.is_weights)
 
     def agg(x):
         return jnp.sum(x * w)

@@ -30,6 +30,7 @@ from walar_jax.metrics import MetricsWriter, truncate_log
 from walar_jax.rl import batch as batch_lib
 from walar_jax.rl import grpo
 from walar_jax.rl.plan import Plan, make_plan
+from walar_jax.rl.producer import Made, Producer
 from walar_jax.rl.rollout import Rollout
 from walar_jax.rl.step import LossConfig, logprob_pass, make_optimizer, train_step
 from walar_jax.tokenizer import Tokenizer
@@ -68,8 +69,16 @@ class Trainer:
         self._setup_update()
         self.step = 0
         self.weights_version: int | None = None
+        self._engine_dtype = None
         self.pending: list[dict[str, np.ndarray]] = []  # train batches not yet used
         self.pending_stats: dict[str, float] = {}
+        self.next_rollout = 0  # index of the next rollout batch to make
+        self.staleness = config.rollout.max_staleness
+        # a background producer makes rollouts ahead (staleness 0 through it equals the
+        # synchronous loop; tests use that to check the producer)
+        self.use_producer = self.staleness > 0
+        self.producer: Producer | None = None
+        self.saved_rollouts: list[Made] = []  # made before a checkpoint, not yet used
         self.ckpt = checkpoint.Checkpointer(self.workdir, keep=config.keep_checkpoints)
         self._restore()
 
@@ -107,8 +116,10 @@ class Trainer:
         self.opt_shardings = shd.optimizer_shardings(opt_abstract, self.params,
                                                      self.param_shardings, self.mesh)
         self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
-        self.loss_cfg = LossConfig(g.clip_low, g.clip_high, g.kl_coef, g.kl_estimator,
-                                   g.kl_clamp, g.entropy_coef, g.tis_cap, c.model.logprob_chunk)
+        self.loss_cfg = LossConfig(
+            clip_low=g.clip_low, clip_high=g.clip_high, kl_coef=g.kl_coef,
+            kl_estimator=g.kl_estimator, kl_clamp=g.kl_clamp, entropy_coef=g.entropy_coef,
+            logprob_chunk=c.model.logprob_chunk)
         self._batch_sh = jax.sharding.NamedSharding(
             self.mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp")))
         self._train_step = jax.jit(
@@ -138,14 +149,34 @@ class Trainer:
                              f"config says {self.c.seed}")
         self.step, self.stream.position = meta["step"], meta["data_position"]
         self.pending_stats = meta.get("pending_stats", {})
+        self.next_rollout = meta.get("next_rollout", self.step * self.plan.rollouts_per_update)
+        if self.pending and meta.get("max_staleness", 0) != self.staleness:
+            raise ValueError(f"checkpoint {self.step} holds batches made with "
+                             f"rollout.max_staleness={meta['max_staleness']}; resume with it")
+        if meta.get("pending_kind") == "rollouts":
+            self.saved_rollouts = [Made(**r, batch=b) for r, b in zip(meta["rollouts"],
+                                                                     self.pending)]
+            self.pending = []
         truncate_log(os.path.join(self.workdir, "metrics.jsonl"), self.step)
         log.info("resumed from step %d (data position %d, %d pending train batches)",
                  self.step, self.stream.position, len(self.pending))
 
     def save_checkpoint(self):
         meta = {"step": self.step, "data_position": self.stream.position, "seed": self.c.seed,
-                "pending_stats": self.pending_stats}
-        self.ckpt.save(self.step, self._state(), meta, self.pending)
+                "pending_stats": self.pending_stats, "next_rollout": self.next_rollout,
+                "max_staleness": self.staleness, "pending_kind": "train_batches",
+                "rollouts": []}
+        pending = self.pending
+        if self.producer is not None:
+            # rollouts made with weights older than these are saved; those made with
+            # these weights are made again after a resume (same position, same seed)
+            first = (self.step + self.staleness) * self.plan.rollouts_per_update
+            saved, meta["data_position"] = self.producer.done_before(first)
+            meta.update(next_rollout=first, pending_kind="rollouts", rollouts=[
+                {"index": m.index, "end": m.end, "stats": m.stats, "version": m.version,
+                 "gen_step": m.gen_step} for m in saved])
+            pending = [m.batch for m in saved]
+        self.ckpt.save(self.step, self._state(), meta, pending)
 
     def policy(self):
         return nnx.merge(self.graphdef, self.params)
@@ -171,21 +202,23 @@ class Trainer:
             out.append(ids)
         return out
 
-    def collect(self) -> tuple[dict, dict]:
-        """One rollout batch: generation, rewards, advantages, as host arrays."""
+    def collect(self, version: int | None = None) -> tuple[dict, dict]:
+        """One rollout batch from the engine at weights `version` (default: the one the
+        trainer synced): generation, rewards, advantages, as host arrays."""
         c, r = self.c, self.c.rollout
+        version = self.weights_version if version is None else version
         tasks = self.stream.take(c.rollout_batch_prompts)
         t0 = time.perf_counter()
         results = self.rollout.generate(
             self._prompt_ids(tasks), n=r.n, temperature=r.temperature, top_p=r.top_p,
             top_k=r.top_k, max_tokens=r.max_tokens, min_tokens=r.min_tokens,
             seed=c.seed * 1_000_003 + self.stream.position,
-            expected_version=self.weights_version, timeout=r.timeout_s)
+            expected_version=version, timeout=r.timeout_s)
         t_gen = time.perf_counter() - t0
         versions = {comp.weights_version for res in results for comp in res}
-        if versions != {self.weights_version}:
+        if versions != {version}:
             raise RolloutVersionError(f"rollouts from weights version {sorted(versions)}, "
-                                      f"expected {self.weights_version}")
+                                      f"expected {version}")
         items, seqs = [], []
         for task, res in zip(tasks, results):
             for comp in res:
@@ -210,29 +243,33 @@ class Trainer:
             "reward_max": float(np.max(rewards)), "reward_min": float(np.min(rewards)),
             **parts, "response_len_mean": float(np.mean(resp_len)),
             "truncated_share": float(np.mean([comp.finish_reason == "length" for _, comp in seqs])),
-            "time_generate_s": t_gen, "time_reward_s": t_reward,
+            "time_generate_s": t_gen, "time_reward_s": t_reward, "rollout_version": version,
         }
         return packed, stats
 
-    def make_train_batches(self) -> tuple[list[dict], dict]:
-        """Rollouts for the next optimizer step(s), split into train batches, each with
-        its old/reference log-probs (from the weights that generated them) and weights."""
-        rollouts = [self.collect() for _ in range(self.plan.rollouts_per_update)]
+    def make_train_batches(self, rollouts: list[tuple[dict, dict]], first: int
+                           ) -> tuple[list[dict], dict]:
+        """Rollouts (first index `first`) for the next optimizer step(s), split into train
+        batches, each with its old/reference log-probs (from the current weights: in
+        the synchronous loop, the weights that generated them) and loss weights."""
         stats = {k: float(np.mean([s[k] for _, s in rollouts])) for k in rollouts[0][1]}
         parts = batch_lib.split(batch_lib.concat([b for b, _ in rollouts]),
                                 self.c.train_batch_size)
         t0 = time.perf_counter()
-        out = [self._with_logprobs(p, i) for i, p in enumerate(parts)]
+        out = [self._with_logprobs(p, first, i) for i, p in enumerate(parts)]
         stats["time_logprobs_s"] = time.perf_counter() - t0
-        stats["data_epoch"] = self.stream.epoch
+        for k in out[0].get("is_stats", {}):
+            stats[k] = float(np.mean([o["is_stats"][k] for o in out]))
+        for o in out:
+            o.pop("is_stats", None)
         return out, stats
 
-    def _with_logprobs(self, part: dict, index: int) -> dict:
+    def _with_logprobs(self, part: dict, first: int, index: int) -> dict:
         g = self.c.grpo
         order = None
         if g.loss_agg == "microbatch_token_mean":  # OpenRLHF's DataLoader shuffles
-            rng = np.random.default_rng([self.c.seed, self.stream.position, index])
-            order = rng.permutation(len(part["adv"]))
+            order = np.random.default_rng([self.c.seed, first, index]).permutation(
+                len(part["adv"]))
         part = dict(part, w=np.asarray(grpo.token_weights(
             part["mask"], g.loss_agg, group=g.loss_agg_group, order=order)))
         dev = self._device_batch(part)
@@ -244,7 +281,12 @@ class Trainer:
         old, ref = old.reshape(M * B, -1), ref.reshape(M * B, -1)
         # the appended EOS has no sampler log-prob: the trainer's stands in for it
         rollout_logp = np.where(part["sampled"] > 0, part["rollout_logp"], old)
-        return dict(part, old_logp=old, ref_logp=ref, rollout_logp=rollout_logp)
+        is_w, is_stats = grpo.is_weights(old, rollout_logp, part["mask"],
+                                         mode=g.is_correction, cap=g.tis_cap,
+                                         band=tuple(g.is_band))
+        return dict(part, old_logp=old, ref_logp=ref, rollout_logp=rollout_logp,
+                    is_w=np.asarray(is_w, np.float32),
+                    is_stats={k: float(v) for k, v in is_stats.items()})
 
     # ----------------------------------------------------------------- update
     def _device_batch(self, part: dict) -> dict:
@@ -265,19 +307,26 @@ class Trainer:
         return {**{k: float(v) for k, v in m.items()}, "lr": lr,
                 "logprob_mismatch_mean": float(mean_mis), "logprob_mismatch_max": float(max_mis)}
 
-    def sync_weights(self) -> float:
-        """Sends the policy; the sidecar bumps its version only if the weights changed
-        (an all-zero-advantage step can leave them identical), and rollouts must then
-        carry the version it reports."""
-        t0 = time.perf_counter()
-        if not hasattr(self, "_engine_dtype"):
+    def _engine_tensors(self):
+        if self._engine_dtype is None:
             self._engine_dtype = self.rollout.engine_dtype()
-        res = self.rollout.update_weights(models.hf_tensors(self.policy(), self._engine_dtype),
-                                          transport=self.c.rollout.weight_transport)
+        return models.hf_tensors(self.policy(), self._engine_dtype)
+
+    def _install(self, tensors) -> int:
+        """Pushes weights; the engine's version moves only if they changed (an
+        all-zero-advantage step can leave them identical), and rollouts must then carry
+        the version it reports."""
+        res = self.rollout.update_weights(tensors, transport=self.c.rollout.weight_transport)
         if self.weights_version is not None and res.changed and res.version <= self.weights_version:
             raise RolloutVersionError(f"sidecar version {res.version} did not advance past "
                                       f"{self.weights_version} after new weights")
         self.weights_version = res.version
+        return res.version
+
+    def sync_weights(self) -> float:
+        """Sends the policy as it is now and waits until the engine serves it."""
+        t0 = time.perf_counter()
+        self._install(self._engine_tensors())
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------- loop
@@ -286,7 +335,9 @@ class Trainer:
         writer = writer or MetricsWriter(self.workdir, total_steps=self.total_steps,
                                          start_step=self.step, tensorboard=c.tensorboard,
                                          wandb_project=c.wandb_project)
-        self.sync_weights()  # the sidecar serves exactly this state (also after a resume)
+        self.sync_weights()  # the engine serves exactly this state (also after a resume)
+        if self.use_producer:
+            self._start_producer()
         try:
             while self.step < self.total_steps:
                 metrics = self.train_step()
@@ -297,23 +348,68 @@ class Trainer:
                     self.export()
             self.export(os.path.join(self.workdir, "hf", "final"))
         finally:
+            if self.producer is not None:
+                self.producer.stop()
+                self.producer = None
             writer.close()
 
+    def _start_producer(self):
+        def collect(version):
+            batch, stats = self.collect(version)
+            return batch, stats, self.stream.position
+
+        self.producer = Producer(
+            collect=collect, install=self._install, first_index=self.next_rollout,
+            position=self.stream.position, per_step=self.plan.rollouts_per_update,
+            staleness=self.staleness, installed_step=self.step, version=self.weights_version)
+        for made in self.saved_rollouts:  # made before the checkpoint with older weights
+            self.producer.ready[made.index] = made
+        self.saved_rollouts = []
+        self.producer.start()
+
+    def _rollouts_for_step(self) -> tuple[list[tuple[dict, dict]], int, dict]:
+        """The rollouts the next step trains on, their first index, and their metrics."""
+        k = self.plan.rollouts_per_update
+        if self.producer is None:
+            first = self.next_rollout
+            out = [self.collect() for _ in range(k)]
+            self.next_rollout += k
+            return out, first, {"staleness": 0.0, "rollout_weights_step": float(self.step)}
+        first = self.step * k
+        made = [self.producer.take(first + i) for i in range(k)]
+        behind = [self.step - m.gen_step for m in made]
+        if max(behind) > self.staleness:
+            raise RolloutVersionError(f"rollouts {[m.index for m in made]} come from the weights "
+                                      f"of steps {[m.gen_step for m in made]}: more than "
+                                      f"rollout.max_staleness={self.staleness} behind step "
+                                      f"{self.step}")
+        return ([(m.batch, m.stats) for m in made], first,
+                {"staleness": float(np.mean(behind)), "data_position": made[-1].end,
+                 "rollout_weights_step": float(np.mean([m.gen_step for m in made])),
+                 "time_wait_rollout_s": self.producer.wait_s})
+
     def train_step(self) -> dict:
-        """One optimizer step (generating first when no train batch is pending); the
-        weights go to the sidecar once the rollout they trained on is used up."""
+        """One optimizer step (generating first when no train batch is pending). In the
+        synchronous loop the weights go to the engine once the rollout they trained on
+        is used up; with a producer they are published for it after every step."""
         t_start = time.perf_counter()
-        stats = {}
+        stats, extra = {}, {"data_position": self.stream.position}
         if not self.pending:
-            self.pending, stats = self.make_train_batches()
+            rollouts, first, extra = self._rollouts_for_step()
+            self.pending, stats = self.make_train_batches(rollouts, first)
             self.pending_stats = {k: v for k, v in stats.items() if not k.startswith("time_")}
+            extra.setdefault("data_position", self.stream.position)
         part = self.pending.pop(0)
         t0 = time.perf_counter()
         m = self.update(part)
         t_update = time.perf_counter() - t0
-        t_sync = 0.0 if self.pending else self.sync_weights()
+        t0 = time.perf_counter()
+        if self.producer is not None:
+            self.producer.publish(self.step, list(self._engine_tensors()))
+        elif not self.pending:
+            self.sync_weights()
+        t_sync = time.perf_counter() - t0
         step_s = time.perf_counter() - t_start
-        return {**self.pending_stats, **stats, **m, "time_update_s": t_update,
+        return {**self.pending_stats, **stats, **m, **extra, "time_update_s": t_update,
                 "time_sync_s": t_sync, "time_step_s": step_s,
-                "tokens_per_s": float(part["seg"].sum()) / step_s,
-                "data_position": self.stream.position, "weights_version": self.weights_version}
+                "tokens_per_s": float(part["seg"].sum()) / step_s}
