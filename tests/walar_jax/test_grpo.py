@@ -45,7 +45,8 @@ def test_kl_estimators(est):
 
 def test_k3_is_unbiased_for_kl():
     # samples from p, KL(p||q) for two categorical distributions
-    p = np.array([0.5, 0.3, 0.2]); q = np.array([0.2, 0.5, 0.3])
+    p = np.array([0.5, 0.3, 0.2])
+    q = np.array([0.2, 0.5, 0.3])
     s = rng.choice(3, size=200_000, p=p)
     est = np.asarray(grpo.kl_penalty(np.log(p[s]), np.log(q[s]), "k3")).mean()
     assert abs(est - np.sum(p * np.log(p / q))) < 5e-3
