@@ -87,6 +87,9 @@ def base() -> ml_collections.ConfigDict:
         # makes the next rollouts while the trainer updates, at most s weight versions
         # behind (see grpo.is_correction for the off-policy correction).
         max_staleness=0,
+        # > 0: Generate calls of this many prompts, each chunk scored while the rest
+        # still generates; 0: one Generate call, then one Score call
+        stream_chunk_prompts=0,
         server=rollout_server(),  # flags of rollout_server.py when train.py starts it
     ))
     c.reward = ml_collections.ConfigDict(dict(

@@ -33,7 +33,7 @@ def latin_share(items):
     climb, so advantages are non-zero and every update changes the weights."""
     def share(text):
         return sum(ch.isascii() and (ch.isalpha() or ch == " ") for ch in text) / max(len(text), 1)
-    return [share(it["hypothesis"]) for it in items], {"reward_calls": 1.0}
+    return [share(it["hypothesis"]) for it in items], {"calls": 1.0}
 
 
 def loop_config(tiny_dir, **overrides):
@@ -275,3 +275,42 @@ def test_resume_with_staleness_one_equals_the_uninterrupted_run(tiny_dir, tmp_pa
                                                            "loss", "grad_norm", "staleness"))
     for x, y in zip(state_leaves(full), state_leaves(resumed)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_streamed_rewards_score_chunks_while_others_generate(tiny_dir, tmp_path):
+    import threading
+
+    first_scored = threading.Event()
+    lock, arrived = threading.Lock(), []
+
+    class OnlyOneChunkRunsFreely(InProcessRollout):
+        """Every chunk but the first to arrive finishes only once a chunk was scored:
+        without streamed scoring this would never happen (and the wait fails the test)."""
+
+        def generate(self, prompts, **kw):
+            with lock:
+                arrived.append(len(arrived))
+                me = arrived[-1]
+            if me > 0:
+                assert first_scored.wait(120), "no chunk was scored while others generated"
+            return super().generate(prompts, **kw)
+
+    calls = []
+
+    def reward(items):
+        calls.append(len(items))
+        first_scored.set()
+        return latin_share(items)
+
+    c = loop_config(tiny_dir, **{"rollout.stream_chunk_prompts": 1, "total_steps": 1})
+    t = trainer_lib.Trainer(c, str(tmp_path), rollout=OnlyOneChunkRunsFreely(tiny_dir),
+                            reward_fn=reward, model_dir=tiny_dir)
+    t.sync_weights()
+    part, stats = t.collect()
+    assert calls == [4, 4, 4, 4] and len(arrived) == 4  # four chunks of 1 prompt x 4 samples
+    assert len(part["adv"]) == 16 and stats["reward_calls"] == 1.0
+    # the rollout keeps the task order, whatever order the chunks came back in
+    t.stream.position = 0
+    for i, ids in enumerate(t._prompt_ids(t.stream.take(4))):
+        for row in range(4 * i, 4 * i + 4):
+            assert list(part["ids"][row, :len(ids)]) == ids

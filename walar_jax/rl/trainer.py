@@ -12,6 +12,7 @@ before its first update, and the unconsumed parts are checkpointed with the stat
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
 import logging
 import math
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from protos import reward_metrics
 from walar_jax import checkpoint, data, models, prompts
 from walar_jax import sharding as shd
 from walar_jax.metrics import MetricsWriter, truncate_log
@@ -45,11 +47,21 @@ class RolloutVersionError(RuntimeError):
 
 def reward_from_service(client) -> RewardFn:
     """Scores through the reward service; a failed call raises (never a zero reward).
-    The service's batch metrics keep their own names, prefixed `reward_`."""
+    Its batch metrics keep the service's names (the trainer logs them as `reward_<name>`)."""
     def score(items):
         batch = client.score(items)
-        return batch.rewards, {f"reward_{k}": float(v) for k, v in batch.metrics.items()}
+        return batch.rewards, dict(batch.metrics)
     return score
+
+
+def _merge_reward_metrics(parts: list[dict]) -> dict[str, float]:
+    """One rollout's reward metrics from its chunks': the service's are merged exactly
+    (protos.reward_metrics); other reward functions' are averaged."""
+    if len(parts) == 1:
+        return parts[0]
+    if parts and all(set(reward_metrics.NAMES) <= set(p) for p in parts):
+        return reward_metrics.merge(parts)
+    return {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
 
 
 class Trainer:
@@ -204,35 +216,38 @@ class Trainer:
 
     def collect(self, version: int | None = None) -> tuple[dict, dict]:
         """One rollout batch from the engine at weights `version` (default: the one the
-        trainer synced): generation, rewards, advantages, as host arrays."""
+        trainer synced): generation, rewards, advantages, as host arrays.
+
+        With rollout.stream_chunk_prompts = m > 0 the batch goes out as concurrent
+        Generate calls of m prompts, and each chunk is scored as soon as it is back
+        while the others still generate, so reward time hides behind generation."""
         c, r = self.c, self.c.rollout
         version = self.weights_version if version is None else version
         tasks = self.stream.take(c.rollout_batch_prompts)
+        seed = c.seed * 1_000_003 + self.stream.position
+        ids = self._prompt_ids(tasks)
+        size = r.stream_chunk_prompts or len(tasks)
+        spans = [(a, min(a + size, len(tasks))) for a in range(0, len(tasks), size)]
         t0 = time.perf_counter()
-        results = self.rollout.generate(
-            self._prompt_ids(tasks), n=r.n, temperature=r.temperature, top_p=r.top_p,
-            top_k=r.top_k, max_tokens=r.max_tokens, min_tokens=r.min_tokens,
-            seed=c.seed * 1_000_003 + self.stream.position,
-            expected_version=version, timeout=r.timeout_s)
-        t_gen = time.perf_counter() - t0
-        versions = {comp.weights_version for res in results for comp in res}
-        if versions != {version}:
-            raise RolloutVersionError(f"rollouts from weights version {sorted(versions)}, "
-                                      f"expected {version}")
-        items, seqs = [], []
-        for task, res in zip(tasks, results):
-            for comp in res:
-                hyp = prompts.extract_translation(comp.text, task.tgt_lang, template=self.template,
-                                                  extract=self.c.data.extract)
-                items.append({"source": task.text, "hypothesis": hyp,
-                              "src_lang": task.src_lang, "tgt_lang": task.tgt_lang})
-                seqs.append((res.prompt_token_ids, comp))
-        t0 = time.perf_counter()
-        rewards, parts = self.reward_fn(items)
-        t_reward = time.perf_counter() - t0
-        if len(rewards) != len(items) or not all(math.isfinite(x) for x in rewards):
+        with cf.ThreadPoolExecutor(len(spans)) as gen, cf.ThreadPoolExecutor(2) as score:
+            running = {gen.submit(self._generate, ids[a:b], seed + a, version): (a, b)
+                       for a, b in spans}
+            scored = {}
+            for fut in cf.as_completed(running):
+                a, b = running[fut]
+                seqs, items = self._samples(tasks[a:b], fut.result())
+                scored[a] = (seqs, items, score.submit(self.reward_fn, items))
+            t_gen = time.perf_counter() - t0
+            chunks = [scored[a] for a, _ in spans]
+            results = [(seqs, items, f.result()) for seqs, items, f in chunks]
+        t_reward = time.perf_counter() - t0 - t_gen
+        seqs = [x for s, _, _ in results for x in s]
+        rewards = [x for _, _, (rw, _) in results for x in rw]
+        n_items = sum(len(items) for _, items, _ in results)
+        if len(rewards) != n_items or not all(math.isfinite(x) for x in rewards):
             raise RuntimeError(f"reward function returned {len(rewards)} values (finite: "
-                               f"{all(map(math.isfinite, rewards))}) for {len(items)} items")
+                               f"{all(map(math.isfinite, rewards))}) for {n_items} items")
+        parts = _merge_reward_metrics([m for _, _, (_, m) in results])
         adv = grpo.group_advantages(np.asarray(rewards, np.float32), r.n,
                                     scale_by_std=c.grpo.scale_by_std)
         packed = batch_lib.pack(seqs, np.asarray(adv), bucket=r.length_bucket,
@@ -241,11 +256,37 @@ class Trainer:
         stats = {
             "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
             "reward_max": float(np.max(rewards)), "reward_min": float(np.min(rewards)),
-            **parts, "response_len_mean": float(np.mean(resp_len)),
+            **{f"reward_{k}": float(v) for k, v in parts.items()},
+            "response_len_mean": float(np.mean(resp_len)),
             "truncated_share": float(np.mean([comp.finish_reason == "length" for _, comp in seqs])),
-            "time_generate_s": t_gen, "time_reward_s": t_reward, "rollout_version": version,
+            "time_generate_s": t_gen, "time_reward_exposed_s": t_reward,
+            "rollout_version": version,
         }
         return packed, stats
+
+    def _generate(self, ids, seed: int, version: int):
+        r = self.c.rollout
+        results = self.rollout.generate(
+            ids, n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+            max_tokens=r.max_tokens, min_tokens=r.min_tokens, seed=seed,
+            expected_version=version, timeout=r.timeout_s)
+        versions = {comp.weights_version for res in results for comp in res}
+        if versions != {version}:
+            raise RolloutVersionError(f"rollouts from weights version {sorted(versions)}, "
+                                      f"expected {version}")
+        return results
+
+    def _samples(self, tasks, results) -> tuple[list, list[dict]]:
+        """(prompt ids, completion) pairs and the reward items for them."""
+        items, seqs = [], []
+        for task, res in zip(tasks, results):
+            for comp in res:
+                hyp = prompts.extract_translation(comp.text, task.tgt_lang, template=self.template,
+                                                  extract=self.c.data.extract)
+                items.append({"source": task.text, "hypothesis": hyp,
+                              "src_lang": task.src_lang, "tgt_lang": task.tgt_lang})
+                seqs.append((res.prompt_token_ids, comp))
+        return seqs, items
 
     def make_train_batches(self, rollouts: list[tuple[dict, dict]], first: int
                            ) -> tuple[list[dict], dict]:
