@@ -2,7 +2,9 @@
 
 The engine runs in-process (V1 multiprocessing off) so that a weight update is a
 direct call into the worker, and every engine call holds one lock: vLLM's `LLM` is
-not thread-safe, and a Generate must never straddle a weight swap.
+not thread-safe, and a Generate must never straddle a weight swap. Its settings and
+their start-up checks are `rollout/config.py`'s; a one-token warm-up proves the model
+runs before the sidecar announces its port.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import time
 
 from protos import weights as seg
 from rollout import weights as W
-from rollout.config import EngineConfig, StartupError, check_with_vllm, one_line, vllm_kwargs
+from rollout.config import (
+    EngineConfig,
+    GiB,
+    StartupError,
+    check_with_vllm,
+    one_line,
+    vllm_kwargs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +144,7 @@ class Engine:
         log.info("vLLM %s on %s: %s (%s, max_model_len %d of the model's %d, KV cache %s, "
                  "%d tensors) ready in %.1fs", self.engine_version, self.device, cfg.model,
                  self.dtype, self.max_model_len, limit,
-                 f"{kv / (1 << 30):g} GiB" if kv else
+                 f"{kv / GiB:g} GiB" if kv else
                  f"gpu_memory_utilization {cfg.gpu_memory_utilization}",
                  len(self.table), time.perf_counter() - t0)
 
