@@ -14,7 +14,7 @@ import os
 import sys
 
 from protos import service
-from rollout.config import EngineConfig, StartupError, check_flags
+from rollout.config import DEFAULT_CPU_KV_CACHE_GIB, EngineConfig, StartupError, check_flags
 
 log = logging.getLogger("rollout")
 PROG = "rollout_server.py"
@@ -34,8 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tokens per sequence; 0 (default): the model's limit, lowered to "
                         "what the KV cache holds")
     p.add_argument("--kv_cache_gib", type=float, default=D.kv_cache_gib,
-                   help="KV cache size; 0 (default): 1 GiB on CPU, on GPU what "
-                        "--gpu_memory_utilization leaves")
+                   help=f"KV cache size; 0 (default): {DEFAULT_CPU_KV_CACHE_GIB:g} GiB on CPU, "
+                        "on GPU what --gpu_memory_utilization leaves")
     p.add_argument("--gpu_memory_utilization", type=float, default=D.gpu_memory_utilization)
     p.add_argument("--tensor_parallel_size", type=int, default=D.tensor_parallel_size)
     p.add_argument("--enable_prefix_caching", action=argparse.BooleanOptionalAction,
