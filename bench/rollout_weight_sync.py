@@ -41,7 +41,7 @@ def sync(client: RolloutClient, tensors, transport: str, reps: int, start: int) 
         name, arr = tensors[-1]
         tensors[-1] = (name, arr + np.float32(1e-3))
         t0 = time.perf_counter()
-        res = client.send_tensors(iter(tensors), transport=transport)
+        res = client.update_weights(iter(tensors), transport=transport)
         wall = time.perf_counter() - t0
         assert res.changed and res.version == start + r + 1, res
         runs.append((wall, res.receive_s, res.install_s, res.digest_s, res.num_bytes))
@@ -72,7 +72,8 @@ def main() -> None:
         out["shm"] = sync(client, tensors, "shm", args.reps, version)
         out["grpc"] = sync(client, tensors, "grpc", args.reps, version + args.reps)
         t0 = time.perf_counter()
-        res = client.update_weights(policy)  # end to end from the JAX model, shm
+        # End to end from the JAX model, shm: what the trainer does after each step.
+        res = client.update_weights(models.hf_tensors(policy, client.engine_dtype()))
         out["update_weights_from_jax_s"] = round(time.perf_counter() - t0, 3)
         out["update_weights_from_jax_changed"] = res.changed
     print(json.dumps(out))

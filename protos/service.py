@@ -1,24 +1,43 @@
-"""Server-side helpers shared by the reward service and the rollout sidecar.
+"""gRPC plumbing of both services and their clients: limits, auth, servers, channels.
 
-Only depends on grpcio, so it imports in every environment. Both services bind
+Only depends on grpcio, so it imports in every environment (the servers and the
+trainer's clients all take their limits and metadata from here). Both services bind
 127.0.0.1 unless told otherwise; a wider bind requires a token that every call must
 carry as `authorization: Bearer <token>` metadata.
+
+Retries: unary calls are retried by the client (`walar_jax.clients.common`); streamed
+requests by gRPC itself, through the retry policy that `make_channel` puts in the
+channel's service config for the methods it is given. gRPC keeps the first
+`retry_buffer_bytes` of a call's request so that it can replay them; a stream that
+outgrows that is committed and never retried, which is right for a weight stream the
+sender cannot produce twice.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
 
 TOKEN_METADATA_KEY = "authorization"
 MAX_MESSAGE_BYTES = 1 << 30
+MESSAGE_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+# The only status a retry can cure: the server was unreachable or going away. gRPC
+# itself caps a retry policy at 5 attempts.
+RETRYABLE_CODES = ("UNAVAILABLE",)
+GRPC_MAX_ATTEMPTS = 5
+RETRY_BUFFER_BYTES = 64 << 20
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +101,7 @@ def make_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=interceptors,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ],
+        options=MESSAGE_OPTIONS,
     )
     address = f"{host}:{port}"
     if tls_cert and tls_key:
@@ -98,6 +114,52 @@ def make_server(
         raise OSError(f"could not bind {address}")
     log.info("listening on %s:%d%s", host, bound, " (token required)" if token else "")
     return server, bound
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries `token` (what `TokenInterceptor` checks)."""
+    return ((TOKEN_METADATA_KEY, f"Bearer {token}"),) if token else ()
+
+
+def retry_service_config(methods: Sequence[str], *, max_attempts: int,
+                         initial_backoff_s: float, max_backoff_s: float) -> str:
+    """A service config (JSON) with gRPC's retry policy for `methods`
+    ("package.Service/Method"): RETRYABLE_CODES only, exponential backoff with jitter,
+    all attempts inside the call's one deadline."""
+    policy = {
+        "maxAttempts": min(max_attempts, GRPC_MAX_ATTEMPTS),
+        "initialBackoff": f"{initial_backoff_s:.3f}s",
+        "maxBackoff": f"{max_backoff_s:.3f}s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": list(RETRYABLE_CODES),
+    }
+    names = [dict(zip(("service", "method"), m.rsplit("/", 1))) for m in methods]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
+def make_channel(
+    address: str,
+    *,
+    tls_root_cert: str | None = None,
+    retry_methods: Sequence[str] = (),
+    max_attempts: int = GRPC_MAX_ATTEMPTS,
+    initial_backoff_s: float = 0.5,
+    max_backoff_s: float = 30.0,
+    retry_buffer_bytes: int = RETRY_BUFFER_BYTES,
+) -> grpc.Channel:
+    """A client channel with the services' message limits; with TLS when a root
+    certificate is given. `retry_methods` get gRPC's retry policy (see above)."""
+    options = [*MESSAGE_OPTIONS, ("grpc.per_rpc_retry_buffer_size", retry_buffer_bytes)]
+    if retry_methods and max_attempts > 1:
+        config = retry_service_config(retry_methods, max_attempts=max_attempts,
+                                      initial_backoff_s=initial_backoff_s,
+                                      max_backoff_s=max_backoff_s)
+        options += [("grpc.enable_retries", 1), ("grpc.service_config", config)]
+    if tls_root_cert:
+        with open(tls_root_cert, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        return grpc.secure_channel(address, creds, options=options)
+    return grpc.insecure_channel(address, options=options)
 
 
 def add_server_flags(parser) -> None:

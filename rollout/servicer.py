@@ -13,6 +13,7 @@ import grpc
 
 from protos import rollout_pb2 as pb
 from protos import rollout_pb2_grpc as pb_grpc
+from protos import weights as seg
 from rollout import engine as E
 from rollout import weights as W
 
@@ -30,14 +31,11 @@ def sampling_from_proto(p: pb.SamplingParams) -> E.Sampling:
         top_p=opt("top_p", 1.0),
         top_k=opt("top_k", 0),
         max_tokens=opt("max_tokens", 16),
+        min_tokens=opt("min_tokens", 0),
         stop=tuple(p.stop),
         stop_token_ids=tuple(p.stop_token_ids),
         seed=opt("seed", None),
     )
-
-
-def spec_from_proto(t: pb.TensorSpec) -> W.Spec:
-    return W.Spec(t.name, t.dtype, tuple(int(d) for d in t.shape), int(t.offset), int(t.nbytes))
 
 
 class RolloutServicer(pb_grpc.RolloutServicer):
@@ -65,8 +63,8 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except E.VersionMismatch as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
-        except E.EngineBroken as err:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        except E.EngineBroken as err:  # not transient: only a successful update cures it
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
         except Exception as err:  # say what broke instead of gRPC's bare UNKNOWN
             log.exception("Generate failed")
             context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
@@ -95,20 +93,20 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             try:
                 first = next(request_iterator, None)
                 if first is None or first.WhichOneof("kind") != "header":
-                    raise W.UpdateRefused("the first UpdateWeights message must be a header")
+                    raise seg.UpdateRefused("the first UpdateWeights message must be a header")
                 header = first.header
                 if header.transport == "shm":
                     path, specs = self._receive_shm(header, request_iterator)
                 elif header.transport == "grpc":
                     path, specs = self._receive_grpc(request_iterator)
                 else:
-                    raise W.UpdateRefused(
+                    raise seg.UpdateRefused(
                         f"unknown transport {header.transport!r}; this sidecar takes {TRANSPORTS}"
                     )
                 received = time.perf_counter() - t0
                 version = header.version if header.HasField("version") else None
                 res = self.engine.install(str(path), specs, version)
-            except W.UpdateRefused as err:
+            except seg.UpdateRefused as err:
                 log.warning("%s", err)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
             except E.EngineBroken as err:
@@ -125,44 +123,43 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             digest=res.digest, digest_s=res.digest_s,
         )
 
-    def _receive_shm(self, header: pb.WeightUpdateHeader, rest) -> tuple[str, list[W.Spec]]:
+    def _receive_shm(self, header: pb.WeightUpdateHeader, rest) -> tuple[str, list[seg.Spec]]:
         if next(rest, None) is not None:
-            raise W.UpdateRefused("an shm update is a single header message")
-        return W.resolve_shm_path(header.shm_path), [spec_from_proto(t) for t in header.tensors]
+            raise seg.UpdateRefused("an shm update is a single header message")
+        return seg.resolve_shm_path(header.shm_path), [seg.from_proto(t) for t in header.tensors]
 
-    def _receive_grpc(self, rest) -> tuple[str, list[W.Spec]]:
+    def _receive_grpc(self, rest) -> tuple[str, list[seg.Spec]]:
         """Writes streamed chunks into the staging segment; returns it and the manifest."""
         if self.staging is None:
             self.staging = W.StagingSegment()
-        specs: list[W.Spec] = []
+        specs: list[seg.Spec] = []
         offset, filled = 0, 0  # end of staged data; bytes received for the current tensor
         for msg in rest:
             if msg.WhichOneof("kind") != "batch":
-                raise W.UpdateRefused("only tensor batches may follow the header")
+                raise seg.UpdateRefused("only tensor batches may follow the header")
             for chunk in msg.batch.chunks:
                 if chunk.HasField("spec"):
                     self._check_complete(specs, filled)
-                    s = spec_from_proto(chunk.spec)
-                    if s.dtype not in W.ITEMSIZE:
-                        raise W.UpdateRefused(f"{s.name}: unsupported dtype {s.dtype!r}")
-                    s = W.Spec(s.name, s.dtype, s.shape, offset, s.expected_nbytes())
+                    s = seg.from_proto(chunk.spec)
+                    seg.check_dtype(s.name, s.dtype)
+                    s = seg.Spec(s.name, s.dtype, s.shape, offset, s.expected_nbytes())
                     specs.append(s)
-                    offset, filled = _align(offset + s.nbytes), 0
+                    offset, filled = seg.aligned(offset + s.nbytes), 0
                 elif not specs:
-                    raise W.UpdateRefused("a chunk without a spec must follow a tensor's first")
+                    raise seg.UpdateRefused("a chunk without a spec must follow a tensor's first")
                 cur = specs[-1]
                 if filled + len(chunk.data) > cur.nbytes:
-                    raise W.UpdateRefused(f"{cur.name}: more than {cur.nbytes} bytes sent")
+                    raise seg.UpdateRefused(f"{cur.name}: more than {cur.nbytes} bytes sent")
                 self.staging.write(cur.offset + filled, chunk.data)
                 filled += len(chunk.data)
         self._check_complete(specs, filled)
         return str(self.staging.path), specs
 
     @staticmethod
-    def _check_complete(specs: list[W.Spec], filled: int) -> None:
+    def _check_complete(specs: list[seg.Spec], filled: int) -> None:
         if specs and filled != specs[-1].nbytes:
             s = specs[-1]
-            raise W.UpdateRefused(f"{s.name}: got {filled} of {s.nbytes} bytes")
+            raise seg.UpdateRefused(f"{s.name}: got {filled} of {s.nbytes} bytes")
 
     # ---- Info -----------------------------------------------------------------------
 
@@ -176,7 +173,3 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             prefix_caching=e.cfg.enable_prefix_caching, logprobs_mode=E.LOGPROBS_MODE,
             has_chat_template=bool(e.tokenizer.chat_template), num_tensors=len(e.table),
         )
-
-
-def _align(n: int, to: int = 64) -> int:
-    return (n + to - 1) // to * to

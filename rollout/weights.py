@@ -1,10 +1,12 @@
 """Receiving policy weights in the sidecar: staging, validation, hashing, installing.
 
 Every transport ends in the same place: a *segment* (a file in /dev/shm) plus a
-manifest of `TensorSpec`s with byte offsets. With "shm" the trainer wrote the segment
+manifest of `Spec`s with byte offsets, laid out as `protos/weights.py` defines (the
+sender uses the same module). With "shm" the trainer wrote the segment
 and we map it read-only-in-effect (private mapping, never written, so never copied);
 with "grpc" the streamed chunks are written into a sidecar-owned segment. An NCCL
-transport would stage into GPU buffers and reuse `validate` and `install`.
+transport would stage into GPU buffers and reuse `protos.weights.validate` and the
+install path.
 
 Installation runs inside each vLLM worker (`collective_rpc` with `install_segment`),
 so the same call works for the in-process engine and for multi-process tensor
@@ -13,53 +15,17 @@ parallelism: only the path and the manifest cross the process boundary.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import mmap
 import os
 import pathlib
-import re
-import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 
-import numpy as np
-
-# numpy-style names on the wire; safetensors' short names for checkpoint headers.
-ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
-SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-# Segments must live in /dev/shm under our prefix: the sidecar maps nothing else.
-SHM_DIR = pathlib.Path("/dev/shm")
-SHM_NAME = re.compile(r"^walar-weights-[A-Za-z0-9_.-]{1,100}$")
-
-
-class UpdateRefused(ValueError):
-    """The update is malformed; nothing was installed and the old weights stay live."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int = 0
-    nbytes: int = 0
-
-    def expected_nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * ITEMSIZE[self.dtype]
-
-
-def checkpoint_files(model_dir: str | pathlib.Path) -> list[pathlib.Path]:
-    """The safetensors files of an HF directory: those its index names, else all."""
-    d = pathlib.Path(model_dir)
-    index = d / "model.safetensors.index.json"
-    if index.exists():
-        return sorted({d / f for f in json.loads(index.read_text())["weight_map"].values()})
-    files = sorted(d.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {model_dir}")
-    return files
+from protos import safetensors
+from protos import weights as seg
+from protos.weights import Spec
 
 
 def tied_embeddings(model_dir: str | pathlib.Path) -> bool:
@@ -73,35 +39,28 @@ def _skipped(model_dir: str | pathlib.Path) -> set[str]:
     return {"lm_head.weight"} if tied_embeddings(model_dir) else set()
 
 
+def _file_specs(path: str) -> list[Spec]:
+    """The tensors of one safetensors file, offsets relative to the file start."""
+    return [Spec(e.name, e.dtype, e.shape, e.offset, e.nbytes)
+            for e in safetensors.tensor_table(path)]
+
+
 def read_checkpoint_table(model_dir: str | pathlib.Path) -> dict[str, Spec]:
-    """Names, dtypes and shapes of the tensors an update must carry."""
+    """Names, dtypes and shapes of the tensors an update must carry: those of the files
+    vLLM loaded (see `protos.safetensors.checkpoint_files`), less a stored tied head."""
     skip = _skipped(model_dir)
-    return {s.name: s for path in checkpoint_files(model_dir)
-            for s in read_checkpoint_table_file(path) if s.name not in skip}
+    return {s.name: s for path in safetensors.checkpoint_files(model_dir)
+            for s in _file_specs(path) if s.name not in skip}
 
 
 def checkpoint_digest(model_dir: str | pathlib.Path) -> str:
     """Content hash of the checkpoint's tensors, comparable with `segment_digest`."""
     parts, skip = [], _skipped(model_dir)
-    for path in checkpoint_files(model_dir):
-        specs = [s for s in read_checkpoint_table_file(path) if s.name not in skip]
+    for path in safetensors.checkpoint_files(model_dir):
+        specs = [s for s in _file_specs(path) if s.name not in skip]
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             parts += [(s.name, _tensor_digest(s, memoryview(mm))) for s in specs]
     return _combine(parts)
-
-
-def read_checkpoint_table_file(path: pathlib.Path) -> list[Spec]:
-    """The tensors of one safetensors file, offsets relative to the file start."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    out = []
-    for name, meta in header.items():
-        if name != "__metadata__":
-            begin, end = meta["data_offsets"]
-            dtype = SAFETENSORS_DTYPES.get(meta["dtype"], meta["dtype"])
-            out.append(Spec(name, dtype, tuple(meta["shape"]), 8 + n + begin, end - begin))
-    return out
 
 
 def _hasher():
@@ -132,59 +91,19 @@ def segment_digest(path: str | pathlib.Path, specs: list[Spec]) -> str:
         return _combine((s.name, _tensor_digest(s, memoryview(mm))) for s in specs)
 
 
-def validate(specs: list[Spec], expected: dict[str, Spec], segment_size: int | None) -> None:
-    """Raises UpdateRefused unless `specs` covers exactly the expected tensors and shapes."""
-    seen: set[str] = set()
-    problems: list[str] = []
-    for s in specs:
-        if s.name in seen:
-            problems.append(f"duplicate tensor {s.name}")
-        seen.add(s.name)
-        if s.name not in expected:
-            problems.append(f"unexpected tensor {s.name}")
-            continue
-        if s.dtype not in ITEMSIZE:
-            problems.append(f"{s.name}: unsupported dtype {s.dtype!r} (want {sorted(ITEMSIZE)})")
-            continue
-        want = expected[s.name].shape
-        if s.shape != want:
-            problems.append(f"{s.name}: shape {list(s.shape)} != checkpoint {list(want)}")
-        elif s.nbytes != s.expected_nbytes():
-            problems.append(f"{s.name}: {s.nbytes} bytes for {s.dtype}{list(s.shape)}")
-        elif segment_size is not None and s.offset + s.nbytes > segment_size:
-            problems.append(f"{s.name}: bytes [{s.offset}, {s.offset + s.nbytes}) past segment end")
-    missing = sorted(set(expected) - seen)
-    if missing:
-        more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
-        problems.append(f"missing {len(missing)} tensors: {', '.join(missing[:5])}{more}")
-    if problems:
-        raise UpdateRefused("update refused, old weights stay live: " + "; ".join(problems[:10]))
-
-
-def resolve_shm_path(path: str) -> pathlib.Path:
-    """The segment a client named, checked to be one of ours in /dev/shm."""
-    p = pathlib.Path(path)
-    if p.parent != SHM_DIR or not SHM_NAME.match(p.name):
-        raise UpdateRefused(f"shm_path must be {SHM_DIR}/walar-weights-<id>, got {path!r}")
-    if not p.is_file():
-        raise UpdateRefused(f"shm segment {path} does not exist (is the trainer on this host?)")
-    return p
-
-
 class StagingSegment:
     """A sidecar-owned segment that gRPC chunks are written into, reused across updates."""
 
     def __init__(self) -> None:
-        fd, path = tempfile.mkstemp(prefix="walar-weights-sidecar-", dir=SHM_DIR)
+        fd, path = tempfile.mkstemp(prefix=f"{seg.SHM_PREFIX}sidecar-", dir=seg.SHM_DIR)
         self.fd, self.path = fd, pathlib.Path(path)
         self.size = 0
 
     def write(self, offset: int, data: bytes) -> None:
-        end = offset + len(data)
-        if end > self.size:
-            # Grow geometrically: the first update sizes it, later ones reuse it.
-            self.size = max(end, 2 * self.size)
-            os.ftruncate(self.fd, self.size)
+        size = seg.grown_size(self.size, offset + len(data))
+        if size != self.size:  # the first update sizes it, later ones reuse it
+            self.size = size
+            os.ftruncate(self.fd, size)
         os.pwrite(self.fd, data, offset)
 
     def close(self) -> None:
@@ -201,7 +120,7 @@ def iter_segment(path: str, specs: list[Spec]) -> Iterator[tuple[str, torch.Tens
         # A private mapping gives torch a writable buffer without copying the file.
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     for s in specs:
-        count = s.nbytes // ITEMSIZE[s.dtype]
+        count = s.nbytes // seg.ITEMSIZE[s.dtype]
         t = torch.frombuffer(mm, dtype=dtypes[s.dtype], count=count, offset=s.offset)
         yield s.name, t.view(s.shape)
     # The mapping closes when the last tensor view is garbage-collected.

@@ -1,7 +1,8 @@
 """Trainer side of the weight sync: HF-named host tensors to the rollout sidecar.
 
-Tensors come one at a time from `walar_jax.models.hf_tensors(model)` (each gathered
-from its shards, never the whole model at once) and leave through a `Transport`:
+Tensors are (HF name, host numpy array) pairs, taken one at a time (the trainer makes
+them with `walar_jax.models.hf_tensors(model, dtype)`, gathering each from its shards,
+never the whole model at once). No JAX here. They leave through a `Transport`:
 
 - `ShmTransport` (same host, default): each tensor is written once into a file in
   /dev/shm that the sidecar maps without copying; only the manifest goes over gRPC.
@@ -12,7 +13,10 @@ from its shards, never the whole model at once) and leave through a `Transport`:
 A transport turns (name, array) pairs into the UpdateWeights message stream; callers
 never see which one runs. An NCCL transport (vLLM's weight-transfer engine on GPUs)
 would send a header naming "nccl" plus its rendezvous and broadcast the tensors out of
-band, behind the same `send` signature.
+band, behind the same `messages` signature.
+
+The segment layout (alignment, wire dtypes, growth, names) is `protos/weights.py`, which
+the sidecar's receiver uses too.
 """
 
 from __future__ import annotations
@@ -27,27 +31,24 @@ from typing import Protocol
 import numpy as np
 
 from protos import rollout_pb2 as pb
+from protos import weights as seg
 
 Tensors = Iterable[tuple[str, np.ndarray]]
-ALIGN = 64  # byte alignment of each tensor in a segment: any dtype views it in place
-SHM_DIR = "/dev/shm"
-WIRE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _as_bytes(name: str, arr: np.ndarray) -> np.ndarray:
     """The array's bytes as a flat uint8 view (a copy only if it is not contiguous)."""
-    if arr.dtype.name not in WIRE_DTYPES:
-        raise TypeError(f"{name}: dtype {arr.dtype.name} cannot be sent (want {WIRE_DTYPES})")
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a host numpy array, got {type(arr).__name__}")
+    try:
+        seg.check_dtype(name, arr.dtype.name)
+    except seg.UpdateRefused as err:  # the caller's mistake, found before anything is sent
+        raise TypeError(f"{err}: cannot be sent") from None
     return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
 
 
 def _spec(name: str, arr: np.ndarray, offset: int = 0) -> pb.TensorSpec:
-    return pb.TensorSpec(name=name, dtype=arr.dtype.name, shape=arr.shape, offset=offset,
-                         nbytes=arr.nbytes)
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+    return seg.to_proto(seg.Spec(name, arr.dtype.name, arr.shape, offset, arr.nbytes))
 
 
 class Transport(Protocol):
@@ -72,19 +73,20 @@ class ShmTransport:
 
     name = "shm"
 
-    def __init__(self, directory: str = SHM_DIR):
-        self.path = os.path.join(directory, f"walar-weights-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    def __init__(self) -> None:
+        self.path = str(seg.segment_path(f"{os.getpid()}-{uuid.uuid4().hex[:8]}"))
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.size = 0
         self.mm: mmap.mmap | None = None
         atexit.register(self.close)
 
     def _reserve(self, end: int) -> None:
-        if end <= self.size:
+        size = seg.grown_size(self.size, end)
+        if size == self.size:
             return
         # Growing a tmpfs file keeps its pages; only the mapping is redone. After the
         # first update the segment has its final size and is reused as is.
-        self.size = max(end, self.size * 3 // 2)
+        self.size = size
         if self.mm is not None:
             self.mm.close()
         os.ftruncate(self.fd, self.size)
@@ -98,7 +100,7 @@ class ShmTransport:
             self._reserve(offset + raw.nbytes)
             np.frombuffer(self.mm, np.uint8, raw.nbytes, offset)[:] = raw
             specs.append(_spec(name, arr, offset))
-            offset = _align(offset + raw.nbytes)
+            offset = seg.aligned(offset + raw.nbytes)
         return specs
 
     def messages(self, tensors: Tensors, version: int | None) -> Iterator[pb.WeightUpdateMessage]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
+from protos import weights as seg
 from rollout import weights as W
 from tests.rollout.tiny import make_tiny_qwen3
 from walar_jax import weight_sync
@@ -26,8 +27,8 @@ def ckpt(tmp_path_factory):
     return make_tiny_qwen3(tmp_path_factory.mktemp("tiny"))
 
 
-def _specs(header) -> list[W.Spec]:
-    return [W.Spec(t.name, t.dtype, tuple(t.shape), t.offset, t.nbytes) for t in header.tensors]
+def _specs(header) -> list[seg.Spec]:
+    return [seg.from_proto(t) for t in header.tensors]
 
 
 def test_checkpoint_table_matches_safetensors(ckpt):
@@ -44,7 +45,7 @@ def test_segment_of_checkpoint_tensors_has_the_checkpoint_digest(ckpt):
     with weight_sync.ShmTransport() as t:
         header = next(iter(t.messages(iter(ref.items()), None))).header
         specs = _specs(header)
-        W.validate(specs, W.read_checkpoint_table(ckpt), os.path.getsize(t.path))
+        seg.validate(specs, W.read_checkpoint_table(ckpt), os.path.getsize(t.path))
         assert W.segment_digest(t.path, specs) == W.checkpoint_digest(ckpt)
         name = "model.norm.weight"
         ref[name] = ref[name] + np.float32(1e-3)  # one changed tensor changes the digest
@@ -54,35 +55,39 @@ def test_segment_of_checkpoint_tensors_has_the_checkpoint_digest(ckpt):
 
 def test_validate_names_every_problem_and_refuses(ckpt):
     table = W.read_checkpoint_table(ckpt)
-    good = [W.Spec(s.name, "float32", s.shape, 0, s.nbytes) for s in table.values()]
-    W.validate(good, table, None)
+    good = [seg.Spec(s.name, "float32", s.shape, 0, s.nbytes) for s in table.values()]
+    seg.validate(good, table, None)
     cases = {
         "missing 1 tensors: model.norm.weight": [s for s in good if s.name != "model.norm.weight"],
         "shape [3] != checkpoint [64]": [
-            W.Spec(s.name, s.dtype, (3,), 0, 12) if s.name == "model.norm.weight" else s
+            seg.Spec(s.name, s.dtype, (3,), 0, 12) if s.name == "model.norm.weight" else s
             for s in good
         ],
-        "unexpected tensor lm_head.bias": good + [W.Spec("lm_head.bias", "float32", (4,), 0, 16)],
+        "unexpected tensor lm_head.bias": good + [seg.Spec("lm_head.bias", "float32", (4,), 0, 16)],
         "duplicate tensor model.norm.weight": good + [table["model.norm.weight"]],
         "unsupported dtype 'int8'": [
-            W.Spec(s.name, "int8", s.shape, 0, 1) if s.name == "model.norm.weight" else s
+            seg.Spec(s.name, "int8", s.shape, 0, 1) if s.name == "model.norm.weight" else s
             for s in good
         ],
         "past segment end": good,
+        "offset 8 is not a multiple of 64": [
+            seg.Spec(s.name, s.dtype, s.shape, 8, s.nbytes) if s.name == "model.norm.weight"
+            else s for s in good
+        ],
     }
     for reason, specs in cases.items():
         size = 100 if reason == "past segment end" else None
-        with pytest.raises(W.UpdateRefused, match="old weights stay live") as err:
-            W.validate(specs, table, size)
+        with pytest.raises(seg.UpdateRefused, match="old weights stay live") as err:
+            seg.validate(specs, table, size)
         assert reason in str(err.value)
 
 
 def test_only_our_shm_segments_are_mapped(tmp_path):
     for bad in ["/etc/passwd", "/dev/shm/../etc/passwd", str(tmp_path / "walar-weights-x")]:
-        with pytest.raises(W.UpdateRefused, match="shm_path must be"):
-            W.resolve_shm_path(bad)
-    with pytest.raises(W.UpdateRefused, match="does not exist"):
-        W.resolve_shm_path("/dev/shm/walar-weights-nonexistent-0")
+        with pytest.raises(seg.UpdateRefused, match="shm_path must be"):
+            seg.resolve_shm_path(bad)
+    with pytest.raises(seg.UpdateRefused, match="does not exist"):
+        seg.resolve_shm_path("/dev/shm/walar-weights-nonexistent-0")
 
 
 def test_segment_tensors_are_views_of_the_mapping_not_copies(ckpt):
@@ -147,7 +152,7 @@ def test_table_follows_the_index_and_skips_a_stored_tied_head(tmp_path):
     with weight_sync.ShmTransport() as t:
         header = next(iter(t.messages(iter(ref.items()), None))).header
         specs = _specs(header)
-        W.validate(specs, table, os.path.getsize(t.path))
+        seg.validate(specs, table, os.path.getsize(t.path))
         assert W.segment_digest(t.path, specs) == W.checkpoint_digest(tied)
 
 

@@ -64,6 +64,8 @@ def make_tiny_qwen3(
     num_kv_heads: int = 2,
     vocab_size: int = 512,
     tie_word_embeddings: bool = False,
+    head_dim: int | None = None,
+    max_position_embeddings: int = 4096,
 ) -> pathlib.Path:
     """Writes config.json, model.safetensors (fp32) and a tokenizer; returns the dir."""
     import torch
@@ -81,8 +83,8 @@ def make_tiny_qwen3(
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
-        head_dim=hidden_size // num_heads * 2,
-        max_position_embeddings=4096,
+        head_dim=head_dim or hidden_size // num_heads * 2,
+        max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie_word_embeddings,
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],

@@ -5,7 +5,13 @@ import pytest
 
 from walar_jax.clients.rollout import RolloutClient
 from walar_jax.models.tiny import make_tiny_checkpoint, tiny_gemma_config, tiny_llama_config
-from tests.walar_jax.test_rollout_sidecar import PROMPTS, max_logprob_diff, perturbed, sidecar_service
+from tests.walar_jax.test_rollout_sidecar import (
+    PROMPTS,
+    max_logprob_diff,
+    perturbed,
+    push,
+    sidecar_service,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +24,7 @@ def test_sidecar_serves_family_after_weight_update(tmp_path, family, cfg):
     with sidecar_service(ckpt, tmp_path) as svc:
         client = RolloutClient(svc.address)
         before = client.generate(long_prompts, n=2, temperature=1.0, max_tokens=12, seed=3)
-        res = client.update_weights(new, transport="shm")
+        res = push(client, new, transport="shm")
         assert res.changed and res.version == before[0][0].weights_version + 1
         after = client.generate(long_prompts, n=2, temperature=1.0, max_tokens=12, seed=3)
         assert after[0][0].weights_version == res.version

@@ -20,7 +20,7 @@ from walar_jax.models.tiny import make_tiny_checkpoint
 pytestmark = pytest.mark.e2e
 # Small engine for 2 CPU cores; fp32 so parity is about the computation, not rounding.
 ENGINE = ["--max_model_len", "256", "--dtype", "float32", "--max_num_seqs", "32"]
-CPU_ENGINE = [*ENGINE, "--enforce_eager", "--kv_cache_gib", "1"]
+CPU_ENGINE = [*ENGINE, "--enforce_eager"]  # the CPU default KV cache: 1 GiB
 # Up to two sidecars share one GPU during this module (CUDA graphs stay on).
 GPU_ENGINE = [*ENGINE, "--gpu_memory_utilization", "0.3"]
 PROMPTS = [[72, 101, 108, 108, 111, 32], [84, 114, 97, 110, 115, 108, 97, 116, 101, 58],
@@ -64,6 +64,11 @@ def max_logprob_diff(model, results) -> float:
             lps.append(np.array(c.logprobs))
     ref = jax_logprobs(model, prompts, comps)
     return max(float(np.abs(a - b).max()) for a, b in zip(ref, lps))
+
+
+def push(client: RolloutClient, model, **kw):
+    """What the trainer does: the model as HF tensors in the engine's dtype, then send."""
+    return client.update_weights(models.hf_tensors(model, client.engine_dtype()), **kw)
 
 
 def perturbed(ckpt, seed: int = 1):
@@ -130,7 +135,10 @@ def test_seeded_sampling_is_reproducible(client):
     a = client.generate(PROMPTS, n=2, max_tokens=8, seed=7)
     b = client.generate(PROMPTS, n=2, max_tokens=8, seed=7)
     c = client.generate(PROMPTS, n=2, max_tokens=8, seed=8)
-    ids = lambda out: [x.token_ids for r in out for x in r]
+
+    def ids(out):
+        return [x.token_ids for r in out for x in r]
+
     assert ids(a) == ids(b) and ids(a) != ids(c)
     assert ids(a)[0] != ids(a)[1]  # the n samples of one prompt differ
 
@@ -178,7 +186,7 @@ def updated(client, ckpt):
     before = greedy(client)  # also fills the prefix cache that the update must drop
     model = perturbed(ckpt)
     v0 = client.info().weights_version
-    res = client.update_weights(model)
+    res = push(client, model)
     assert res.changed and res.version == v0 + 1 and res.num_tensors == client.info().num_tensors
     return model, before, greedy(client), res
 
@@ -209,7 +217,7 @@ def test_update_serves_new_weights_equal_to_a_fresh_sidecar(updated, client, ckp
 
 def test_version_moves_only_when_weights_really_change(updated, client, ckpt):
     model, before, after, res = updated
-    same = client.update_weights(model, transport="grpc")  # identical bytes
+    same = push(client, model, transport="grpc")  # identical bytes
     assert not same.changed and same.version == res.version and same.digest == res.digest
     tensors = list(models.hf_tensors(model))
     bad_updates = {
@@ -220,14 +228,14 @@ def test_version_moves_only_when_weights_really_change(updated, client, ckpt):
     for reason, bad in bad_updates.items():
         for transport in ("shm", "grpc"):
             with pytest.raises(InvalidRequestError, match=re.escape(reason)):
-                client.send_tensors(iter(bad), transport=transport)
+                client.update_weights(iter(bad), transport=transport)
     with pytest.raises(InvalidRequestError, match="not newer than the live version"):
-        client.update_weights(perturbed(ckpt, seed=2), version=res.version)
+        push(client, perturbed(ckpt, seed=2), version=res.version)
     assert client.info().weights_version == res.version
     assert greedy(client)[0] == after[0]  # old weights stayed live
     np.testing.assert_array_equal(greedy(client)[1], after[1])
 
-    back = client.update_weights(models.from_pretrained(ckpt), transport="grpc",
+    back = push(client, models.from_pretrained(ckpt), transport="grpc",
                                  version=res.version + 10)
     assert back.changed and back.version == res.version + 10
     tokens, lps, _ = greedy(client)
@@ -248,7 +256,7 @@ def test_tied_embeddings_model_updates_without_a_head(tmp_path, logs):
         before = greedy(c)
         assert max_logprob_diff(models.from_pretrained(ckpt), before[2]) <= 1e-3
         model = perturbed(ckpt)
-        res = c.update_weights(model, transport="grpc")
+        res = push(c, model, transport="grpc")
         assert res.changed and res.version == 1
         after = greedy(c)
         assert after[0] != before[0] or not np.allclose(after[1], before[1])
@@ -261,10 +269,10 @@ def test_bfloat16_engine_takes_bf16_updates(ckpt, logs):
             RolloutClient(svc.address) as c:
         assert c.info().dtype == "bfloat16"
         model = perturbed(ckpt)
-        res = c.update_weights(model)
+        res = push(c, model)
         n_params = sum(a.size for _, a in models.hf_tensors(model))
         assert res.changed and res.version == 1 and res.num_bytes == 2 * n_params
-        again = c.update_weights(model, transport="grpc")
+        again = push(c, model, transport="grpc")
         assert not again.changed and again.version == 1 and again.digest == res.digest
         diff = max_logprob_diff(model, c.generate(PROMPTS, n=2, max_tokens=12, seed=0))
         print("bf16 engine vs fp32 JAX max |logprob diff|:", diff)

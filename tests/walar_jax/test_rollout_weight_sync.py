@@ -9,6 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from protos import weights as seg
 from walar_jax import weight_sync
 
 
@@ -32,7 +33,7 @@ def test_shm_writes_each_tensor_once_at_aligned_offsets_and_reuses_the_segment()
         raw = pathlib.Path(t.path).read_bytes()
         for spec, (name, arr) in zip(h.tensors, _tensors(0)):
             assert spec.name == name and tuple(spec.shape) == arr.shape
-            assert spec.dtype == arr.dtype.name and spec.offset % weight_sync.ALIGN == 0
+            assert spec.dtype == arr.dtype.name and spec.offset % seg.ALIGN == 0
             got = np.frombuffer(raw, arr.dtype, arr.size, spec.offset).reshape(arr.shape)
             np.testing.assert_array_equal(got, arr)
         size = os.path.getsize(t.path)

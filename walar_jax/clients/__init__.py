@@ -1,20 +1,18 @@
-"""Typed gRPC clients of the two sidecar services (no torch on this side)."""
+"""Typed gRPC clients of the two sidecar services (no torch and no JAX on this side)."""
 
 from walar_jax.clients.common import (
     AuthenticationError,
+    Deadline,
+    DeadlineExceededError,
     InvalidRequestError,
     ServiceError,
     ServiceUnavailableError,
 )
 from walar_jax.clients.reward import ItemReward, RewardBatch, RewardClient
-
-try:
-    from walar_jax.clients.rollout import RolloutClient
-except ModuleNotFoundError as err:  # the rollout client may not exist yet: nothing else hides
-    if err.name != "walar_jax.clients.rollout":
-        raise
+from walar_jax.clients.rollout import RolloutClient
 
 __all__ = [
-    "AuthenticationError", "InvalidRequestError", "ItemReward", "RewardBatch", "RewardClient",
-    "RolloutClient", "ServiceError", "ServiceUnavailableError",
+    "AuthenticationError", "Deadline", "DeadlineExceededError", "InvalidRequestError",
+    "ItemReward", "RewardBatch", "RewardClient", "RolloutClient", "ServiceError",
+    "ServiceUnavailableError",
 ]

@@ -1,6 +1,20 @@
-"""gRPC plumbing shared by the reward and rollout clients: channels, deadlines,
-retries with jittered backoff, and typed errors. A failed call raises; nothing here
-ever invents a result."""
+"""What the reward and rollout clients share: one deadline per call, retries of
+transient failures only, typed errors. A failed call raises; nothing here ever invents
+a result. Channels, limits and auth metadata are `protos/service.py`'s (the servers use
+the same module).
+
+Retry rules (`call_with_retries`):
+- Only UNAVAILABLE is retried (server unreachable, restarting or going away), with
+  full-jitter exponential backoff. INVALID_ARGUMENT, UNAUTHENTICATED, FAILED_PRECONDITION,
+  INTERNAL, RESOURCE_EXHAUSTED (a message over the size limit) and every other status
+  fail at once: sending the same request again cannot change the answer.
+- With a deadline, every attempt runs with the time the whole call has left, backoff
+  never sleeps past it, and no attempt starts after it. So DEADLINE_EXCEEDED is never
+  retried: when an attempt hits it, the call's time is spent. (Giving each attempt the
+  full timeout is what let a Generate take 5 x 1800 s to fail.)
+- Streamed requests (UpdateWeights) are made with one client attempt; gRPC's own retry
+  policy on the channel replays them (see `protos.service.make_channel`).
+"""
 
 from __future__ import annotations
 
@@ -12,17 +26,19 @@ from typing import TypeVar
 
 import grpc
 
+# Re-exported: the clients build channels and metadata with the servers' own plumbing.
+from protos.service import MAX_MESSAGE_BYTES, make_channel
+from protos.service import bearer_metadata as auth_metadata
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
-MAX_MESSAGE_BYTES = 1 << 30
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+__all__ = [
+    "MAX_MESSAGE_BYTES", "AuthenticationError", "Deadline", "DeadlineExceededError",
+    "InvalidRequestError", "ServiceError", "ServiceUnavailableError", "auth_metadata",
+    "call_with_retries", "make_channel",
+]
 
 
 class ServiceError(RuntimeError):
@@ -39,31 +55,45 @@ class InvalidRequestError(ServiceError):
 
 
 class ServiceUnavailableError(ServiceError):
-    """The server could not be reached or kept timing out after every retry."""
+    """The server could not be reached, or the call ran out of time."""
+
+
+class DeadlineExceededError(ServiceUnavailableError):
+    """The call's deadline passed (over all its attempts)."""
 
 
 class AuthenticationError(ServiceError):
     """The server refused the token."""
 
 
-def make_channel(address: str, *, tls_root_cert: str | None = None) -> grpc.Channel:
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-    if tls_root_cert:
-        with open(tls_root_cert, "rb") as f:
-            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
-        return grpc.secure_channel(address, creds, options=options)
-    return grpc.insecure_channel(address, options=options)
+class Deadline:
+    """One point in time shared by every attempt of a call (and by several calls, such
+    as a fail-over to another server). `Deadline(None)` never expires."""
+
+    def __init__(self, timeout_s: float | None):
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"a deadline needs a positive timeout, got {timeout_s}")
+        self.timeout_s = timeout_s
+        self.at = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def remaining(self) -> float | None:
+        """Seconds left (<= 0 once passed), or None without a deadline."""
+        return None if self.at is None else self.at - time.monotonic()
 
 
-def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),) if token else ()
+def _error(err: grpc.RpcError, msg: str, address: str) -> ServiceError:
+    code = err.code() if hasattr(err, "code") else None
+    kinds = {
+        grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+        grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+        grpc.StatusCode.UNAVAILABLE: ServiceUnavailableError,
+        grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    }
+    return kinds.get(code, ServiceError)(msg, code=code, address=address)
 
 
 def call_with_retries(
-    fn: Callable[[], T],
+    fn: Callable[..., T],
     *,
     address: str,
     what: str,
@@ -71,31 +101,42 @@ def call_with_retries(
     base_delay_s: float = 0.5,
     max_delay_s: float = 30.0,
     rng: random.Random | None = None,
+    deadline: Deadline | float | None = None,
 ) -> T:
-    """Runs `fn` (one RPC), retrying only transient failures with full-jitter backoff.
+    """Runs `fn` (one RPC) and retries it on UNAVAILABLE (see the module docstring).
 
-    INVALID_ARGUMENT and every other non-transient status fail at once with a typed
-    error that carries the server's reason.
+    `deadline` (seconds from now, or a `Deadline` shared with other calls) bounds all
+    attempts together; `fn` is then called with the seconds left, to pass as the RPC's
+    `timeout`. Without it `fn()` takes no argument and each attempt carries whatever
+    timeout `fn` sets itself (DEADLINE_EXCEEDED is still not retried).
     """
     rng = rng or random.Random()
+    if deadline is not None and not isinstance(deadline, Deadline):
+        deadline = Deadline(deadline)
+    last = ""
     for attempt in range(1, max_attempts + 1):
+        left = None if deadline is None else deadline.remaining()
+        if left is not None and left <= 0:
+            raise DeadlineExceededError(
+                f"{what} on {address}: the {deadline.timeout_s:g}s deadline passed after "
+                f"{attempt - 1} attempts{last}", code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                address=address)
         try:
-            return fn()
+            return fn() if deadline is None else fn(left)
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
             detail = err.details() if hasattr(err, "details") else str(err)
             msg = f"{what} on {address} failed: {code.name if code else 'UNKNOWN'}: {detail}"
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidRequestError(msg, code=code, address=address) from err
-            if code == grpc.StatusCode.UNAUTHENTICATED:
-                raise AuthenticationError(msg, code=code, address=address) from err
             if code not in RETRYABLE:
-                raise ServiceError(msg, code=code, address=address) from err
+                raise _error(err, msg, address) from err
             if attempt == max_attempts:
-                raise ServiceUnavailableError(
-                    f"{msg} (gave up after {max_attempts} attempts)", code=code, address=address
-                ) from err
+                raise _error(err, f"{msg} (gave up after {max_attempts} attempts)",
+                             address) from err
             delay = rng.uniform(0, min(max_delay_s, base_delay_s * 2 ** (attempt - 1)))
+            left = None if deadline is None else deadline.remaining()
+            if left is not None:
+                delay = min(delay, max(left, 0.0))
             log.warning("%s; retry %d/%d in %.2fs", msg, attempt, max_attempts - 1, delay)
             time.sleep(delay)
+            last = f" (last: {code.name}: {detail})"
     raise AssertionError("unreachable")

@@ -1,14 +1,31 @@
-"""Typed client of the rollout sidecar (rollout_server.py): generation and weight sync."""
+"""Typed client of the rollout sidecar (rollout_server.py): generation and weight sync.
+
+No JAX and no torch: the trainer turns its model into (HF name, host array) pairs
+(`walar_jax.models.hf_tensors(model, client.engine_dtype())`), this client turns those
+into bytes (`walar_jax.weight_sync`) and sends them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
 
+import numpy as np
+
 from protos import rollout_pb2 as pb
 from protos import rollout_pb2_grpc as pb_grpc
+from protos import safetensors
 from walar_jax import weight_sync
-from walar_jax.clients.common import auth_metadata, call_with_retries, make_channel
+from walar_jax.clients.common import (
+    ServiceError,
+    auth_metadata,
+    call_with_retries,
+    make_channel,
+)
+
+# gRPC's retry policy replays this streamed method (the client loop cannot: the stream
+# is produced once); unary methods are retried by `call_with_retries`.
+STREAMED = ("walar.rollout.v1.Rollout/UpdateWeights",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +66,20 @@ class UpdateResult:
     digest_s: float
 
 
+class _Stream:
+    """An iterator that remembers the exception it ended with."""
+
+    def __init__(self, it: Iterator):
+        self.it, self.error = it, None
+
+    def __iter__(self) -> Iterator:
+        try:
+            yield from self.it
+        except Exception as err:
+            self.error = err
+            raise
+
+
 def _prompt(p: str | Sequence[int]) -> pb.Prompt:
     if isinstance(p, str):
         return pb.Prompt(text=p)
@@ -56,24 +87,42 @@ def _prompt(p: str | Sequence[int]) -> pb.Prompt:
 
 
 class RolloutClient:
-    """`RolloutClient("127.0.0.1:PORT")`; every failed call raises a typed ServiceError."""
+    """`RolloutClient("127.0.0.1:PORT")`; every failed call raises a typed ServiceError.
+
+    Each call has one deadline (`timeout`, seconds) over all its attempts; `None`
+    waits as long as the attempts take. Only UNAVAILABLE is retried, up to
+    `max_attempts` times (see `walar_jax.clients.common`).
+    """
 
     def __init__(self, address: str, *, token: str | None = None,
-                 tls_root_cert: str | None = None, max_attempts: int = 5):
+                 tls_root_cert: str | None = None, max_attempts: int = 5,
+                 base_delay_s: float = 0.5):
         self.address = address
-        self.channel = make_channel(address, tls_root_cert=tls_root_cert)
+        self.max_attempts = max_attempts
+        self.base_delay_s = base_delay_s
+        self.channel = make_channel(address, tls_root_cert=tls_root_cert,
+                                    retry_methods=STREAMED, max_attempts=max_attempts,
+                                    initial_backoff_s=base_delay_s)
         self.stub = pb_grpc.RolloutStub(self.channel)
         self.metadata = auth_metadata(token)
-        self.max_attempts = max_attempts
         self._transports: dict[str, weight_sync.Transport] = {}
+        self._engine_dtype: np.dtype | None = None
 
-    def _call(self, what: str, fn, attempts: int | None = None):
-        return call_with_retries(fn, address=self.address, what=what,
-                                 max_attempts=attempts or self.max_attempts)
+    def _call(self, what: str, method, request, timeout: float | None, attempts: int = 0):
+        return call_with_retries(
+            lambda left=None: method(request, metadata=self.metadata, timeout=left),
+            address=self.address, what=what, max_attempts=attempts or self.max_attempts,
+            base_delay_s=self.base_delay_s, deadline=timeout)
 
-    def info(self, timeout: float = 30.0) -> pb.InfoResponse:
-        return self._call("Info", lambda: self.stub.Info(
-            pb.InfoRequest(), metadata=self.metadata, timeout=timeout))
+    def info(self, timeout: float | None = 30.0) -> pb.InfoResponse:
+        return self._call("Info", self.stub.Info, pb.InfoRequest(), timeout)
+
+    def engine_dtype(self) -> np.dtype:
+        """numpy dtype of the engine's weights (bfloat16 through ml_dtypes): what
+        `update_weights` should be given, to send no more bytes than the engine keeps."""
+        if self._engine_dtype is None:
+            self._engine_dtype = safetensors.numpy_dtype(self.info().dtype)
+        return self._engine_dtype
 
     def generate(
         self,
@@ -84,6 +133,7 @@ class RolloutClient:
         top_p: float = 1.0,
         top_k: int = 0,
         max_tokens: int = 16,
+        min_tokens: int = 0,
         stop: Sequence[str] = (),
         stop_token_ids: Sequence[int] = (),
         seed: int | None = None,
@@ -93,9 +143,10 @@ class RolloutClient:
         timeout: float | None = None,
     ) -> list[PromptResult]:
         """n completions per prompt; prompts are token-id lists or strings (tokenized by
-        the server, wrapped in the chat template when `apply_chat_template`)."""
+        the server, wrapped in the chat template when `apply_chat_template`). EOS and
+        `stop_token_ids` cannot end a completion before `min_tokens` tokens."""
         sp = pb.SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
-                               max_tokens=max_tokens, stop=list(stop),
+                               max_tokens=max_tokens, min_tokens=min_tokens, stop=list(stop),
                                stop_token_ids=list(stop_token_ids))
         if seed is not None:
             sp.seed = seed
@@ -105,8 +156,7 @@ class RolloutClient:
             req.enable_thinking = enable_thinking
         if expected_version is not None:
             req.expected_version = expected_version
-        resp = self._call("Generate", lambda: self.stub.Generate(
-            req, metadata=self.metadata, timeout=timeout))
+        resp = self._call("Generate", self.stub.Generate, req, timeout)
         v = resp.weights_version
         return [
             PromptResult(list(r.prompt_token_ids), [
@@ -116,43 +166,34 @@ class RolloutClient:
             for r in resp.results
         ]
 
-    def update_weights(self, model, *, version: int | None = None, transport: str = "shm",
-                       dtype=None, timeout: float | None = None) -> UpdateResult:
-        """Sends the policy's weights (HF names, one tensor at a time) and returns once
-        the sidecar serves them. `dtype` defaults to the sidecar's engine dtype."""
-        from walar_jax import models  # JAX is only needed here, not to generate
-
-        dtype = dtype or self._engine_dtype()
-        return self.send_tensors(models.hf_tensors(model, dtype), version=version,
-                                 transport=transport, timeout=timeout)
-
-    def send_tensors(self, tensors: weight_sync.Tensors, *, version: int | None = None,
-                     transport: str = "shm", timeout: float | None = None) -> UpdateResult:
-        """Like `update_weights`, from (HF name, host array) pairs."""
+    def update_weights(self, tensors: weight_sync.Tensors, *, version: int | None = None,
+                       transport: str = "shm", timeout: float | None = None) -> UpdateResult:
+        """Sends (HF name, host numpy array) pairs, taken one at a time, and returns once
+        the sidecar serves them. The manifest must cover exactly the checkpoint's tensors
+        (else InvalidRequestError, old weights stay live); identical bytes leave the
+        version unchanged (`changed=False`). Give arrays in `engine_dtype()`."""
+        try:
+            pairs = iter(tensors)
+        except TypeError:
+            raise TypeError(
+                "update_weights takes (HF name, host array) pairs, e.g. "
+                "walar_jax.models.hf_tensors(model, client.engine_dtype()), "
+                f"not a {type(tensors).__name__}") from None
         if transport not in self._transports:
             self._transports[transport] = weight_sync.make_transport(transport)
         t = self._transports[transport]
-        if t.name == "shm":
-            # The segment is written once; resending its manifest is idempotent (same
-            # digest -> unchanged), so transient failures may retry.
-            msgs = list(t.messages(tensors, version))
-            resp = self._call("UpdateWeights", lambda: self.stub.UpdateWeights(
-                iter(msgs), metadata=self.metadata, timeout=timeout))
-        else:  # the tensor stream is consumed by the first attempt
-            resp = self._call("UpdateWeights", lambda: self.stub.UpdateWeights(
-                t.messages(tensors, version), metadata=self.metadata, timeout=timeout), 1)
+        # shm: the segment is written here, before the call, so a bad tensor raises here.
+        stream = _Stream(t.messages(pairs, version))
+        messages = iter(list(stream)) if t.name == "shm" else iter(stream)
+        try:
+            # One client attempt: gRPC's retry policy replays a failed stream.
+            resp = self._call("UpdateWeights", self.stub.UpdateWeights, messages, timeout, 1)
+        except ServiceError:
+            if stream.error is not None:  # gRPC reports a failing request iterator as
+                raise stream.error from None  # a bare CANCELLED; say what failed
+            raise
         return UpdateResult(resp.version, resp.changed, resp.num_tensors, resp.num_bytes,
                             resp.receive_s, resp.install_s, resp.digest, resp.digest_s)
-
-    def _engine_dtype(self):
-        import numpy as np
-
-        name = self.info().dtype
-        if name == "bfloat16":
-            import ml_dtypes
-
-            return np.dtype(ml_dtypes.bfloat16)
-        return np.dtype(name)
 
     def close(self) -> None:
         for t in self._transports.values():
