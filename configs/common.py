@@ -17,7 +17,7 @@ from walar_jax.sharding import DEFAULT_RULES
 ROLLOUT_SERVER_FLAGS = dict(
     dtype=str, max_model_len=int, gpu_memory_utilization=float, tensor_parallel_size=int,
     enable_prefix_caching=bool, seed=int, enforce_eager=bool, max_num_seqs=int,
-    kv_cache_gib=int,
+    kv_cache_gib=float,
 )
 # Flags of `python -m reward.server` that a run may set, with their types.
 REWARD_SERVER_FLAGS = dict(

@@ -68,7 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         url="", model="", key_env="OPENAI_API_KEY", max_sentences=0, workers=4))
     c.service_timeout_s = 1800.0
     if arg == "tiny":
-        c.rollout.server.update(dtype="float32", kv_cache_gib=1, max_model_len=512)
+        c.rollout.server.update(dtype="float32", max_model_len=512)
         c.lcr.server.update(lid_model=None, lid_labels=None, device="cpu")
         c.xcomet.enabled = c.metricx.enabled = False
         c.xcomet.server.device = c.metricx.server.device = "cpu"

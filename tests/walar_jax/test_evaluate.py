@@ -163,7 +163,7 @@ def test_former_flags_are_aliases_of_config_keys():
                      "--config.judge.url=u"])
     assert old.to_dict() == new.to_dict()
     assert services.service_flags(old.rollout.server) == [
-        "--dtype=bfloat16", "--no-enable_prefix_caching", "--kv_cache_gib=2", "--max_model_len=512"]
+        "--dtype=bfloat16", "--no-enable_prefix_caching", "--kv_cache_gib=2.0", "--max_model_len=512"]
     assert services.service_flags(old.metricx.server) == [
         "--no-align", "--device=cuda", "--no-lid", "--no-masklid", "--qe=metricx",
         "--qe_max_length=512", "--qe_model=mx", "--qe_tokenizer=google/mt5-xl"]
@@ -179,7 +179,7 @@ def test_service_flags_leave_out_unset_values():
         services.service_flags({"h": ("a", "b")})
     # the sidecar's own defaults apply: the embedded training default restates none of them
     assert services.service_flags(cfglib.load("configs/tiny.py").rollout.server) == [
-        "--dtype=float32", "--kv_cache_gib=1", "--max_model_len=512"]
+        "--dtype=float32", "--max_model_len=512"]
 
 
 def test_config_errors_before_anything_starts(tmp_path):

@@ -28,19 +28,21 @@ def tiny_dir(tmp_path_factory):
 def services(tiny_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     rollout = launch.Service("rollout", [launch.env_python("rollout"), "rollout_server.py",
-                                         "--model", tiny_dir, "--kv_cache_gib=1", "--dtype=float32",
+                                         "--model", tiny_dir, "--dtype=float32",
                                          "--max_model_len=512"], log_path=str(logs / "rollout.log"))
     reward = launch.Service("reward", [launch.env_python("reward"), "-m", "reward.server",
                                        "--device=cpu"], log_path=str(logs / "reward.log"))
-    rollout.start()
-    reward.start()
-    yield rollout.address, reward.address
-    rollout.stop()
-    reward.stop()
+    # without the language gate the tiny random policy's samples get different rewards,
+    # so updates move the weights (with it, nearly all fail the gate alike)
+    ungated = launch.Service("reward-ungated", [launch.env_python("reward"), "-m",
+                                                "reward.server", "--device=cpu", "--no_lid"],
+                             log_path=str(logs / "reward_ungated.log"))
+    with rollout, reward, ungated:
+        yield rollout.address, reward.address, ungated.address
 
 
 def tiny_config(tiny_dir, services, **overrides):
-    rollout_addr, reward_addr = services
+    rollout_addr, reward_addr, _ = services
     return cfglib.load("configs/tiny.py", {
         "model.path": tiny_dir, "rollout.address": rollout_addr,
         "reward.addresses": [reward_addr], "tensorboard": False, **overrides})
@@ -56,7 +58,8 @@ def test_end_to_end_steps_with_real_services(tiny_dir, services, tmp_path):
 
     c = tiny_config(tiny_dir, services, total_steps=3, checkpoint_every=2)
     t = trainer_lib.Trainer(c, str(tmp_path), rollout=RolloutClient(services[0]),
-                            reward_fn=trainer_lib.reward_from_service(RewardClient([services[1]])))
+                            reward_fn=trainer_lib.reward_from_service(RewardClient([services[1]])),
+                            model_dir=tiny_dir)
     t.run()
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -79,7 +82,7 @@ def test_failed_reward_call_stops_the_step(tiny_dir, services, tmp_path):
     c = tiny_config(tiny_dir, services, total_steps=2)
     dead = RewardClient(["127.0.0.1:9"], max_attempts=2, base_delay_s=0.01, timeout_s=2)
     t = trainer_lib.Trainer(c, str(tmp_path), rollout=RolloutClient(services[0]),
-                            reward_fn=trainer_lib.reward_from_service(dead))
+                            reward_fn=trainer_lib.reward_from_service(dead), model_dir=tiny_dir)
     before = dict(models.hf_tensors(t.policy()))
     with pytest.raises(ServiceUnavailableError):
         t.run()
@@ -104,7 +107,7 @@ def test_reward_rises_through_the_real_update(tiny_dir, services, tmp_path):
                        "rollout.max_tokens": 16, "rollout.n": 8, "rollout_batch_prompts": 4,
                        "train_batch_size": 32})
     t = trainer_lib.Trainer(c, str(tmp_path), rollout=RolloutClient(services[0]),
-                            reward_fn=latin_share_reward)
+                            reward_fn=latin_share_reward, model_dir=tiny_dir)
     t.run()
     rewards = [r["reward_mean"] for r in read_metrics(tmp_path)]
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
@@ -112,11 +115,24 @@ def test_reward_rises_through_the_real_update(tiny_dir, services, tmp_path):
 
 
 def _train_cmd(tiny_dir, services, workdir, steps):
-    rollout_addr, reward_addr = services
+    rollout_addr, _, ungated_addr = services
     return [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={workdir}",
             f"--config.model.path={tiny_dir}", f"--config.rollout.address={rollout_addr}",
-            f"--config.reward.addresses=('{reward_addr}',)", f"--config.total_steps={steps}",
+            f"--config.reward.addresses=('{ungated_addr}',)", f"--config.total_steps={steps}",
             "--config.checkpoint_every=2", "--config.tensorboard=False"]
+
+
+def _final_state(workdir):
+    """Params and AdamW state of the run's last checkpoint, as host arrays."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from walar_jax import checkpoint
+
+    step = checkpoint.steps(str(workdir))[-1]
+    state = ocp.PyTreeCheckpointer().restore(
+        os.path.join(checkpoint.directory(str(workdir)), str(step), "state"))
+    return step, [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
 def test_kill_and_resume_continues_with_the_same_data(tiny_dir, services, tmp_path):
@@ -141,7 +157,15 @@ def test_kill_and_resume_continues_with_the_same_data(tiny_dir, services, tmp_pa
     assert [r["data_position"] for r in a] == [r["data_position"] for r in b]
     # same data, same restored weights, same per-step sampling seeds -> same rewards
     np.testing.assert_allclose([r["reward_mean"] for r in a], [r["reward_mean"] for r in b],
-                               atol=1e-3)
+                               atol=1e-6)
+    # ... and the same final weights and optimizer state, bit for bit
+    (step_a, state_a), (step_b, state_b) = _final_state(full), _final_state(killed)
+    assert step_a == step_b == 5
+    for x, y in zip(state_a, state_b):
+        np.testing.assert_array_equal(x, y)
+    initial = dict(models.hf_tensors(models.from_pretrained(tiny_dir)))
+    final = dict(models.hf_tensors(models.from_pretrained(str(killed / "hf" / "final"))))
+    assert all(not np.array_equal(initial[k], final[k]) for k in initial)  # it trained
 
 
 def test_two_rollouts_per_update_and_an_unfinished_save_is_never_loaded(tiny_dir, services, tmp_path):
@@ -152,7 +176,8 @@ def test_two_rollouts_per_update_and_an_unfinished_save_is_never_loaded(tiny_dir
     # rollout batch 4 prompts x 4 samples = 16 sequences; train batch 32 = two rollouts
     c = tiny_config(tiny_dir, services, total_steps=2, checkpoint_every=1, train_batch_size=32)
     clients = dict(rollout=RolloutClient(services[0]),
-                   reward_fn=trainer_lib.reward_from_service(RewardClient([services[1]])))
+                   reward_fn=trainer_lib.reward_from_service(RewardClient([services[1]])),
+                   model_dir=tiny_dir)
     trainer_lib.Trainer(c, str(tmp_path), **clients).run()
     assert [r["data_position"] for r in read_metrics(tmp_path)] == [8, 16]
     # A crash in the middle of saving step 3 leaves only Orbax's uncommitted tmp dir.
