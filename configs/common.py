@@ -117,6 +117,11 @@ def base() -> ml_collections.ConfigDict:
     c.train_batch_size = 1024       # sequences per optimizer step
     c.micro_batch_size = 8          # sequences per gradient-accumulation micro-step
     c.service_start_timeout_s = 1800.0
+    # Services train.py started are restarted when they die or stop answering (at most
+    # max_restarts times each) and the interrupted step is redone; services given by
+    # address are waited for (wait_s), never restarted.
+    c.supervision = ml_collections.ConfigDict(dict(
+        max_restarts=3, health_timeout_s=30.0, wait_s=300.0))
     c.tensorboard = True
     c.wandb_project = ""
     c.total_steps = 0          # 0: one epoch over the prompts

@@ -60,29 +60,135 @@ def started(services: Sequence[launch.Service], timeout_s: float) -> Iterator[di
             svc.stop()
 
 
-@contextlib.contextmanager
-def training_services(config, model_dir: str, workdir: str):
-    """(rollout, reward) clients for train.py: the configured addresses, or processes
-    started here (each in its own environment) and stopped on exit."""
-    import os
+class SupervisionError(RuntimeError):
+    """A service kept failing past its restart bound, or a given address never came back."""
 
-    from walar_jax.clients import RewardClient, RolloutClient
 
-    to_start: list[launch.Service] = []
-    rollout_addr = config.rollout.address
-    if not rollout_addr:
-        to_start.append(rollout_service(model_dir, config.rollout.server,
-                                        os.path.join(workdir, "rollout_server.log")))
-    reward_addrs = [a for a in config.reward.addresses if a]
-    if not reward_addrs:
-        to_start.append(reward_service(config.reward.server,
-                                       os.path.join(workdir, "reward_server.log")))
-    with started(to_start, timeout_s=config.service_start_timeout_s) as by_name:
-        rollout = RolloutClient(rollout_addr or by_name["rollout"],
-                                token=config.rollout.token or None)
-        reward = RewardClient(reward_addrs or [by_name["reward"]],
-                              token=config.reward.token or None, timeout_s=config.reward.timeout_s)
+class TrainingServices:
+    """The rollout engine and the reward service of a training run, supervised.
+
+    Each is either a process started here (from its config section, in its own
+    environment) or an address from the config. `recover()` is called by the trainer
+    after a failed call: a started service that exited or does not answer its health
+    check within `supervision.health_timeout_s` is killed and started again (same flags,
+    a new port; the clients are rebuilt), at most `supervision.max_restarts` times each;
+    a given address is waited for (`supervision.wait_s`), never restarted.
+    """
+
+    def __init__(self, config, model_dir: str, workdir: str):
+        import os
+
+        self.c = config
+        self.started: dict[str, launch.Service] = {}
+        self.restarts = {"rollout": 0, "reward": 0}
+        self._make = {}
+        if not config.rollout.address:
+            self._make["rollout"] = lambda: rollout_service(
+                model_dir, config.rollout.server, os.path.join(workdir, "rollout_server.log"))
+        if not [a for a in config.reward.addresses if a]:
+            self._make["reward"] = lambda: reward_service(
+                config.reward.server, os.path.join(workdir, "reward_server.log"))
+        self.rollout = self.reward = None
+
+    # ------------------------------------------------------------ start, stop
+    def __enter__(self) -> TrainingServices:
         try:
-            yield rollout, reward
-        finally:
-            rollout.close()
+            for name in ("rollout", "reward"):  # one after the other: start-up is CPU-heavy
+                if name in self._make:
+                    self._start(name)
+            self._connect("rollout")
+            self._connect("reward")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for client in (self.rollout, self.reward):
+            if client is not None:
+                client.close()
+        for svc in reversed(list(self.started.values())):
+            svc.stop()
+
+    def _start(self, name: str) -> None:
+        svc = self._make[name]()
+        svc.start(timeout_s=self.c.service_start_timeout_s)
+        self.started[name] = svc
+        log.info("%s service listening on %s (log: %s)", name, svc.address, svc.log_path)
+
+    def _connect(self, name: str) -> None:
+        from walar_jax.clients import RewardClient, RolloutClient
+
+        c = self.c
+        if name == "rollout":
+            if self.rollout is not None:
+                self.rollout.close()
+            address = self.started["rollout"].address if "rollout" in self.started \
+                else c.rollout.address
+            self.rollout = RolloutClient(address, token=c.rollout.token or None)
+        else:
+            if self.reward is not None:
+                self.reward.close()
+            addresses = [self.started["reward"].address] if "reward" in self.started \
+                else [a for a in c.reward.addresses if a]
+            self.reward = RewardClient(addresses, token=c.reward.token or None,
+                                       timeout_s=c.reward.timeout_s)
+
+    # --------------------------------------------------------------- recovery
+    def healthy(self, name: str) -> bool:
+        timeout = self.c.supervision.health_timeout_s
+        try:
+            if name == "rollout":
+                self.rollout.info(timeout=timeout)
+            else:
+                self.reward.health(timeout=timeout)
+            return True
+        except Exception as err:  # noqa: BLE001 - any failure of the check means unhealthy
+            log.warning("%s service failed its health check: %s", name, err)
+            return False
+
+    def recover(self, err: BaseException) -> list[str]:
+        """Brings back every service that is down; returns their names (empty when both
+        answer, so the failure was not theirs)."""
+        recovered = []
+        for name in ("rollout", "reward"):
+            svc = self.started.get(name)
+            if svc is not None and svc.proc.poll() is None and self.healthy(name):
+                continue
+            if svc is None:
+                if not self._wait_for(name):
+                    raise SupervisionError(
+                        f"the {name} service at its configured address did not answer for "
+                        f"{self.c.supervision.wait_s:g}s after: {err}") from err
+                self._connect(name)
+                recovered.append(name)
+                continue
+            self.restarts[name] += 1
+            if self.restarts[name] > self.c.supervision.max_restarts:
+                raise SupervisionError(
+                    f"the {name} service failed {self.restarts[name]} times (bound "
+                    f"supervision.max_restarts={self.c.supervision.max_restarts}); last: "
+                    f"{err}; see {svc.log_path}") from err
+            code = svc.proc.poll()
+            log.error("%s service %s; restarting it (%d/%d): %s", name,
+                      f"exited with code {code}" if code is not None else "does not answer",
+                      self.restarts[name], self.c.supervision.max_restarts, err)
+            svc.stop(grace_s=0.0)
+            self._start(name)
+            self._connect(name)
+            recovered.append(name)
+        return recovered
+
+    def _wait_for(self, name: str) -> bool:
+        import time
+
+        end = time.monotonic() + self.c.supervision.wait_s
+        while time.monotonic() < end:
+            self._connect(name)
+            if self.healthy(name):
+                return True
+            time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+        return False

@@ -314,3 +314,109 @@ def test_streamed_rewards_score_chunks_while_others_generate(tiny_dir, tmp_path)
     for i, ids in enumerate(t._prompt_ids(t.stream.take(4))):
         for row in range(4 * i, 4 * i + 4):
             assert list(part["ids"][row, :len(ids)]) == ids
+
+
+# ------------------------------------------------------------------- supervision
+class LatinShareService:
+    """The reward service's client interface over latin_share, with a failure switch."""
+
+    def __init__(self, fail_on_call=0):
+        self.calls, self.fail_on_call = 0, fail_on_call
+
+    def score(self, items):
+        from types import SimpleNamespace
+
+        from walar_jax.clients.common import ServiceUnavailableError
+
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise ServiceUnavailableError("Reward.Score on 127.0.0.1:1 failed: UNAVAILABLE")
+        rewards, metrics = latin_share(items)
+        return SimpleNamespace(rewards=rewards, metrics=metrics)
+
+
+class DiesOnce(InProcessRollout):
+    """An engine that fails one Generate call the way a killed sidecar does."""
+
+    def __init__(self, tiny_dir, fail_on_call):
+        super().__init__(tiny_dir)
+        self.calls, self.fail_on_call = 0, fail_on_call
+
+    def generate(self, prompts, **kw):
+        from walar_jax.clients.common import ServiceUnavailableError
+
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise ServiceUnavailableError("Rollout.Generate on 127.0.0.1:1 failed: UNAVAILABLE")
+        return super().generate(prompts, **kw)
+
+
+class FakeServices:
+    """TrainingServices' recovery interface: a "restart" is a fresh engine/service."""
+
+    def __init__(self, tiny_dir, rollout, reward, max_restarts=3):
+        self.tiny_dir, self.rollout, self.reward = tiny_dir, rollout, reward
+        self.restarts = {"rollout": 0, "reward": 0}
+        self.max_restarts = max_restarts
+
+    def recover(self, err):
+        from walar_jax.services import SupervisionError
+
+        name = "rollout" if "Generate" in str(err) else "reward"
+        self.restarts[name] += 1
+        if self.restarts[name] > self.max_restarts:
+            raise SupervisionError(f"{name} failed {self.restarts[name]} times: {err}")
+        if name == "rollout":
+            self.rollout = InProcessRollout(self.tiny_dir)  # a new sidecar: version 0 again
+        else:
+            self.reward = LatinShareService()
+        return [name]
+
+
+@pytest.mark.parametrize("staleness", [0, 1])
+@pytest.mark.parametrize("dead", ["rollout", "reward"])
+def test_a_dead_service_is_brought_back_and_the_step_redone(tiny_dir, tmp_path, dead, staleness):
+    cfg = {"total_steps": 4, "checkpoint_every": 100, "rollout.max_staleness": staleness}
+    full = make_trainer(tiny_dir, tmp_path / "full", **cfg)
+    full.run()
+    engine = DiesOnce(tiny_dir, 3 if dead == "rollout" else 0)
+    reward = LatinShareService(fail_on_call=3 if dead == "reward" else 0)
+    services = FakeServices(tiny_dir, engine, reward)
+    c = loop_config(tiny_dir, **cfg)
+    t = trainer_lib.Trainer(c, str(tmp_path / "flaky"), rollout=engine,
+                            reward_fn=trainer_lib.reward_from_service(reward),
+                            model_dir=tiny_dir, services=services)
+    t.run()
+    assert services.restarts[dead] == 1
+    compare_runs(tmp_path / "full", tmp_path / "flaky")  # same data, rewards, updates
+    for x, y in zip(state_leaves(full), state_leaves(t)):
+        np.testing.assert_array_equal(x, y)
+    assert rows(tmp_path / "flaky")[-1]["service_restarts"] == 1.0
+
+
+def test_past_the_restart_bound_the_run_stops_after_a_checkpoint(tiny_dir, tmp_path):
+    from walar_jax.services import SupervisionError
+
+    class AlwaysDown(LatinShareService):
+        def score(self, items):
+            self.fail_on_call = self.calls + 1
+            return super().score(items)
+
+    c = loop_config(tiny_dir, total_steps=4, checkpoint_every=100)
+    reward = LatinShareService(fail_on_call=3)
+    services = FakeServices(tiny_dir, InProcessRollout(tiny_dir), reward, max_restarts=2)
+    services.recover_orig = services.recover
+
+    def recover(err):  # every "restarted" reward service is down as well
+        out = services.recover_orig(err)
+        services.reward = AlwaysDown()
+        return out
+
+    services.recover = recover
+    t = trainer_lib.Trainer(c, str(tmp_path), rollout=services.rollout,
+                            reward_fn=trainer_lib.reward_from_service(reward),
+                            model_dir=tiny_dir, services=services)
+    with pytest.raises(SupervisionError, match="reward failed 3 times"):
+        t.run()
+    assert t.step == 2 and os.path.isdir(tmp_path / "checkpoints" / "2")
+    assert [x["step"] for x in rows(tmp_path)] == [1, 2]  # step 3 was never scored by default

@@ -20,6 +20,14 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
+class ProducerError(RuntimeError):
+    """The producer thread failed; `cause` is what it raised."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(f"rollout producer failed: {type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
 @dataclasses.dataclass
 class Made:
     """One rollout batch and where it came from."""
@@ -32,9 +40,10 @@ class Made:
     gen_step: int       # trainer step of those weights
 
 
-def needed_step(j: int, per_step: int, staleness: int) -> int:
-    """The trainer step whose weights generate rollout j."""
-    return max(0, j // per_step - staleness)
+def needed_step(j: int, per_step: int, staleness: int, floor: int = 0) -> int:
+    """The trainer step whose weights generate rollout j (never below `floor`, the
+    oldest weights the producer was started with)."""
+    return max(floor, j // per_step - staleness)
 
 
 class Producer:
@@ -44,15 +53,17 @@ class Producer:
 
     def __init__(self, *, collect: Callable, install: Callable, first_index: int,
                  position: int, per_step: int, staleness: int, installed_step: int,
-                 version: int):
+                 version: int, weights: dict[int, object] | None = None):
         self.collect, self.install = collect, install
         self.per_step, self.staleness = per_step, staleness
         self.next_index = first_index
         self.ends = {first_index - 1: position}  # stream position after each rollout
         self.installed_step, self.version = installed_step, version
         self.ready: dict[int, Made] = {}
-        self.weights: dict[int, object] = {}  # step -> host tensors not yet installed
-        self.published = installed_step
+        # step -> host tensors not yet installed (older steps' weights a restart needs)
+        self.weights: dict[int, object] = dict(weights or {})
+        self.floor = min([installed_step, *self.weights])
+        self.published = max([installed_step, *self.weights])
         self.error: BaseException | None = None
         self.wait_s = 0.0  # time take() spent blocked: the trainer waiting for rollouts
         self._cv = threading.Condition()
@@ -76,7 +87,7 @@ class Producer:
                 self._cv.wait()
             self.wait_s += time.perf_counter() - t0
             if index not in self.ready:
-                raise RuntimeError("rollout producer failed") from self.error
+                raise ProducerError(self.error) from self.error
             return self.ready.pop(index)
 
     def done_before(self, index: int) -> tuple[list[Made], int]:
@@ -86,7 +97,7 @@ class Producer:
             while self.next_index < index and self.error is None:
                 self._cv.wait()
             if self.error is not None:
-                raise RuntimeError("rollout producer failed") from self.error
+                raise ProducerError(self.error) from self.error
             return [self.ready[j] for j in sorted(self.ready) if j < index], self.ends[index - 1]
 
     def stop(self) -> None:
@@ -98,7 +109,7 @@ class Producer:
     def _run(self) -> None:
         try:
             while True:
-                step = needed_step(self.next_index, self.per_step, self.staleness)
+                step = needed_step(self.next_index, self.per_step, self.staleness, self.floor)
                 with self._cv:
                     while not self._stop and self.published < step:
                         self._cv.wait()

@@ -27,9 +27,10 @@ def main(config, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     cfglib.save(config, workdir)
     model_dir = launch.resolve_model_path(config.model.path)
-    with services.training_services(config, model_dir, workdir) as (rollout, reward):
-        trainer = Trainer(config, workdir, rollout=rollout, reward_fn=reward_from_service(reward),
-                          model_dir=model_dir, plan=plan)
+    with services.TrainingServices(config, model_dir, workdir) as svc:
+        trainer = Trainer(config, workdir, rollout=svc.rollout,
+                          reward_fn=reward_from_service(svc.reward), model_dir=model_dir,
+                          plan=plan, services=svc)
         trainer.run()
     log.info("done: checkpoints in %s/checkpoints, HF export in %s/hf/final, metrics in "
              "%s/metrics.jsonl (TensorBoard: %s/tensorboard)", workdir, workdir, workdir, workdir)

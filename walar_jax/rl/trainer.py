@@ -68,8 +68,11 @@ class Trainer:
     """Owns the policy state; `run()` trains until `plan.total_steps`."""
 
     def __init__(self, config, workdir: str, *, rollout: Rollout, reward_fn: RewardFn,
-                 model_dir: str, plan: Plan | None = None):
+                 model_dir: str, plan: Plan | None = None, services=None):
+        """`services` (walar_jax.services.TrainingServices), when given, is asked to bring
+        back a failed service; the interrupted step is then redone from its data position."""
         self.c = config
+        self.services = services
         self.workdir = os.path.abspath(workdir)
         self.rollout = rollout
         self.reward_fn = reward_fn
@@ -91,6 +94,7 @@ class Trainer:
         self.use_producer = self.staleness > 0
         self.producer: Producer | None = None
         self.saved_rollouts: list[Made] = []  # made before a checkpoint, not yet used
+        self._history: dict[int, list] = {}  # step -> weights the producer may still need
         self.ckpt = checkpoint.Checkpointer(self.workdir, keep=config.keep_checkpoints)
         self._restore()
 
@@ -376,10 +380,12 @@ class Trainer:
         writer = writer or MetricsWriter(self.workdir, total_steps=self.total_steps,
                                          start_step=self.step, tensorboard=c.tensorboard,
                                          wandb_project=c.wandb_project)
-        self.sync_weights()  # the engine serves exactly this state (also after a resume)
-        if self.use_producer:
-            self._start_producer()
         try:
+            # the engine serves exactly this state (also after a resume)
+            self._recovering("the first weight sync", self.sync_weights)
+            if self.use_producer:
+                self._publish_history(self.step)
+                self._start_producer()
             while self.step < self.total_steps:
                 metrics = self.train_step()
                 writer.write(self.step, metrics)
@@ -389,20 +395,73 @@ class Trainer:
                     self.export()
             self.export(os.path.join(self.workdir, "hf", "final"))
         finally:
-            if self.producer is not None:
-                self.producer.stop()
-                self.producer = None
+            self._stop_producer()
             writer.close()
+
+    def _recovering(self, what: str, fn, rewind=None):
+        """fn(); after a failure of a service the trainer can bring back: the services
+        recovered, the engine given the current weights again, `rewind()` (the data
+        position back to the start of the step), and fn() again. No step is ever
+        scored by a default value: either fn() succeeds or the run stops."""
+        while True:
+            try:
+                return fn()
+            except Exception as err:
+                if self.services is None or not _recoverable(err):
+                    raise
+                cause = getattr(err, "cause", err)
+                log.error("%s failed (%s: %s); recovering the services", what,
+                          type(cause).__name__, cause)
+                producing = self.producer is not None
+                if producing:
+                    self._halt_producer()
+                elif rewind is not None:
+                    rewind()
+                try:
+                    self.services.recover(cause)
+                except Exception:
+                    if self.step:
+                        self.save_checkpoint()
+                    raise
+                self.rollout = self.services.rollout
+                self.reward_fn = reward_from_service(self.services.reward)
+                self.weights_version = None
+                self.sync_weights()
+                if producing:
+                    self._start_producer()
+
+    def _halt_producer(self) -> None:
+        """Stops the producer keeping what it made: a new one goes on after its last
+        finished rollout (the one it was making when it failed is made again)."""
+        p = self.producer
+        self._stop_producer()
+        self.saved_rollouts = [p.ready[j] for j in sorted(p.ready)]
+        self.next_rollout, self.stream.position = p.next_index, p.ends[p.next_index - 1]
+
+    def _stop_producer(self) -> None:
+        if self.producer is not None:
+            producer, self.producer = self.producer, None
+            producer.stop()
+
+    def _publish_history(self, step: int) -> list:
+        """Host weights after `step`, kept while a (re)started producer may need them."""
+        tensors = list(self._engine_tensors())
+        self._history[step] = tensors
+        for old in [s for s in self._history if s < step - self.staleness]:
+            del self._history[old]
+        return tensors
 
     def _start_producer(self):
         def collect(version):
             batch, stats = self.collect(version)
             return batch, stats, self.stream.position
 
+        k = self.plan.rollouts_per_update
         self.producer = Producer(
             collect=collect, install=self._install, first_index=self.next_rollout,
-            position=self.stream.position, per_step=self.plan.rollouts_per_update,
-            staleness=self.staleness, installed_step=self.step, version=self.weights_version)
+            position=self.stream.position, per_step=k, staleness=self.staleness,
+            installed_step=self.step, version=self.weights_version,
+            weights=dict(self._history))
         for made in self.saved_rollouts:  # made before the checkpoint with older weights
             self.producer.ready[made.index] = made
         self.saved_rollouts = []
@@ -436,7 +495,13 @@ class Trainer:
         t_start = time.perf_counter()
         stats, extra = {}, {"data_position": self.stream.position}
         if not self.pending:
-            rollouts, first, extra = self._rollouts_for_step()
+            mark = (self.next_rollout, self.stream.position)
+
+            def rewind():  # the synchronous loop's: a producer keeps its own place
+                self.next_rollout, self.stream.position = mark
+
+            rollouts, first, extra = self._recovering("making rollouts", self._rollouts_for_step,
+                                                      rewind)
             self.pending, stats = self.make_train_batches(rollouts, first)
             self.pending_stats = {k: v for k, v in stats.items() if not k.startswith("time_")}
             extra.setdefault("data_position", self.stream.position)
@@ -446,11 +511,25 @@ class Trainer:
         t_update = time.perf_counter() - t0
         t0 = time.perf_counter()
         if self.producer is not None:
-            self.producer.publish(self.step, list(self._engine_tensors()))
+            self.producer.publish(self.step, self._publish_history(self.step))
         elif not self.pending:
-            self.sync_weights()
+            self._recovering("the weight sync", self.sync_weights)
         t_sync = time.perf_counter() - t0
         step_s = time.perf_counter() - t_start
         return {**self.pending_stats, **stats, **m, **extra, "time_update_s": t_update,
                 "time_sync_s": t_sync, "time_step_s": step_s,
-                "tokens_per_s": float(part["seg"].sum()) / step_s}
+                "tokens_per_s": float(part["seg"].sum()) / step_s,
+                "service_restarts": float(sum(self.services.restarts.values()))
+                if self.services is not None else 0.0}
+
+
+def _recoverable(err: BaseException) -> bool:
+    """A failure a restarted (or returned) service can fix: the service unreachable,
+    out of time or erroring, or serving other weights than expected. Requests the
+    service refused (INVALID_ARGUMENT) or a wrong token are bugs to report instead."""
+    from walar_jax.clients.common import AuthenticationError, InvalidRequestError, ServiceError
+
+    err = getattr(err, "cause", err)
+    if isinstance(err, (InvalidRequestError, AuthenticationError)):
+        return False
+    return isinstance(err, (ServiceError, RolloutVersionError))
