@@ -15,6 +15,7 @@ sender cannot produce twice.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -28,6 +29,7 @@ from concurrent import futures
 import grpc
 
 TOKEN_METADATA_KEY = "authorization"
+TOKEN_ENV = "WALAR_SERVICE_TOKEN"  # how a launcher hands a service its token
 MAX_MESSAGE_BYTES = 1 << 30
 MESSAGE_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -90,13 +92,20 @@ def make_server(
     A non-loopback host needs both `allow_remote` and a token: an open reward or
     weight-update endpoint on a cluster network is an easy way to poison a run.
     """
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("--tls_cert and --tls_key go together: half a TLS configuration "
+                         "would serve plaintext")
     if not is_loopback(host):
         if not allow_remote:
             raise ValueError(
                 f"refusing to bind {host!r}: only loopback is allowed without --allow_remote"
             )
         if not token:
-            raise ValueError(f"binding {host!r} requires --token (checked on every call)")
+            raise ValueError(f"binding {host!r} requires a token (--token_file or "
+                             f"${TOKEN_ENV}; checked on every call)")
+        if not tls_cert:
+            log.warning("binding %s without TLS: the token and every request cross the "
+                        "network in plaintext (--tls_cert/--tls_key)", host)
     interceptors = [TokenInterceptor(token)] if token else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
@@ -166,7 +175,13 @@ def add_server_flags(parser) -> None:
     """The bind/auth flags both services share (argparse)."""
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
-    parser.add_argument("--token", default=None, help="bearer token required on every call")
+    parser.add_argument("--token", default=None,
+                        help=f"bearer token required on every call; prefer --token_file or "
+                             f"${TOKEN_ENV}: a command line is visible to every user (ps)")
+    parser.add_argument("--token_file", default=None,
+                        help="file holding the token (yours, mode 0600 or stricter)")
+    parser.add_argument("--exit_with_parent", action="store_true",
+                        help="stop when the process that started this one dies (launchers)")
     parser.add_argument(
         "--allow_remote", action="store_true", help="allow a non-loopback --host (needs --token)"
     )
@@ -177,6 +192,30 @@ def add_server_flags(parser) -> None:
     )
 
 
+def resolve_token(args) -> str | None:
+    """The token from --token_file, else $WALAR_SERVICE_TOKEN, else --token (warned)."""
+    if getattr(args, "token_file", None):
+        st = os.stat(args.token_file)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise ValueError(f"--token_file {args.token_file} must be yours and readable by "
+                             f"you alone (mode 0600), is {oct(st.st_mode & 0o777)}")
+        with open(args.token_file) as f:
+            return f.read().strip() or None
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    if getattr(args, "token", None):
+        log.warning("--token on the command line is visible to every local user (ps); "
+                    "use --token_file or $%s", TOKEN_ENV)
+    return getattr(args, "token", None) or None
+
+
+def identity_proof(token: str | None, nonce: str) -> str:
+    """What a service answers to a health check's nonce: HMAC-SHA256(token, nonce). Only
+    a process that holds the token can give it, so a launcher knows it reached the
+    service it started and not whatever else took the port."""
+    return hmac.new((token or "").encode(), nonce.encode(), hashlib.sha256).hexdigest()
+
+
 def write_port_file(path: str, port: int) -> None:
     """Written whole then renamed, so a launcher polling the file never reads half of it."""
     tmp = f"{path}.tmp"
@@ -185,14 +224,20 @@ def write_port_file(path: str, port: int) -> None:
     os.replace(tmp, path)
 
 
-def serve_until_signalled(server: grpc.Server, port: int, port_file: str | None) -> None:
+def serve_until_signalled(server: grpc.Server, port: int, port_file: str | None,
+                          exit_with_parent: bool = False) -> None:
     """Announces the port (once the caller is ready to serve) and blocks until SIGTERM or
-    SIGINT, then stops the server with a short grace period."""
+    SIGINT (or, with `exit_with_parent`, until the parent process is gone), then stops
+    the server with a short grace period."""
+    parent = os.getppid()
     if port_file:
         write_port_file(port_file, port)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    while not done.wait(1.0):
+        if exit_with_parent and os.getppid() != parent:
+            log.error("the parent process %d is gone: stopping", parent)
+            break
     log.info("shutting down")
     server.stop(grace=5).wait()

@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = engine_config(args)
     try:
         check_flags(cfg)
+        token = service.resolve_token(args)
         # Bind first so that a bad --host fails before minutes of model loading.
         server, port = service.make_server(
-            args.host, args.port, token=args.token, allow_remote=args.allow_remote,
+            args.host, args.port, token=token, allow_remote=args.allow_remote,
             tls_cert=args.tls_cert, tls_key=args.tls_key,
         )
     except (StartupError, ValueError, OSError) as err:  # make_server: ValueError, OSError
@@ -79,14 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     from rollout.servicer import RolloutServicer
 
     try:
-        servicer = RolloutServicer(Engine(cfg))
+        servicer = RolloutServicer(Engine(cfg), token=token)
     except StartupError as err:
         _refuse(err)
     rollout_pb2_grpc.add_RolloutServicer_to_server(servicer, server)
     server.start()
     log.info("rollout sidecar serving %s on %s:%d (weights version %d)",
              args.model, args.host, port, servicer.engine.version)
-    service.serve_until_signalled(server, port, args.port_file)
+    service.serve_until_signalled(server, port, args.port_file, args.exit_with_parent)
     servicer.close()
     logging.shutdown()
     # vLLM's in-process engine leaves non-daemon threads that would keep the process

@@ -14,6 +14,7 @@ import grpc
 from protos import rollout_pb2 as pb
 from protos import rollout_pb2_grpc as pb_grpc
 from protos import weights as seg
+from protos.service import identity_proof
 from rollout import engine as E
 from rollout import weights as W
 
@@ -39,8 +40,9 @@ def sampling_from_proto(p: pb.SamplingParams) -> E.Sampling:
 
 
 class RolloutServicer(pb_grpc.RolloutServicer):
-    def __init__(self, engine: E.Engine):
+    def __init__(self, engine: E.Engine, token: str | None = None):
         self.engine = engine
+        self.token = token
         self.staging: W.StagingSegment | None = None
         # One update at a time: they share the staging segment.
         self.update_lock = threading.Lock()
@@ -172,4 +174,5 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             tensor_parallel_size=e.cfg.tensor_parallel_size,
             prefix_caching=e.cfg.enable_prefix_caching, logprobs_mode=E.LOGPROBS_MODE,
             has_chat_template=bool(e.tokenizer.chat_template), num_tensors=len(e.table),
+            proof=identity_proof(self.token, request.nonce) if request.nonce else "",
         )

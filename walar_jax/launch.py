@@ -10,12 +10,16 @@ from __future__ import annotations
 import ctypes
 import os
 import pathlib
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+
+from protos.service import TOKEN_ENV
+
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -30,6 +34,11 @@ def resolve_model_path(path: str) -> str:
     from walar_jax import models
 
     return models.resolve_checkpoint(path)
+
+
+def new_token() -> str:
+    """A fresh random token for one service of one run."""
+    return secrets.token_urlsafe(32)
 
 
 def _die_with_parent() -> None:
@@ -58,8 +67,11 @@ class Service:
     """A child process serving gRPC; `address` is valid once `start()` returns."""
 
     def __init__(self, name: str, argv: list[str], *, log_path: str | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, token: str | None = None):
+        """`token` (see `new_token`) is handed to the service in a 0600 file, never on
+        its command line; without one the service requires none."""
         self.name = name
+        self.token = token
         self.argv = argv
         self.log_path = log_path
         self.env = env
@@ -75,10 +87,18 @@ class Service:
         service behind."""
         self._dir = tempfile.mkdtemp(prefix=f"walar-{self.name}-")  # mode 0700
         port_file = os.path.join(self._dir, "port")
+        extra = ["--port", "0", "--port_file", port_file, "--exit_with_parent"]
+        if self.token:  # a file only we can read: never on the command line (ps)
+            token_file = os.path.join(self._dir, "token")
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token)
+            extra += ["--token_file", token_file]
         log = open(self.log_path, "ab") if self.log_path else None
         env = {**os.environ, **(self.env or {})}
+        env.pop(TOKEN_ENV, None)  # the service takes this launch's token, nobody else's
         self.proc = subprocess.Popen(
-            [*self.argv, "--port", "0", "--port_file", port_file],
+            [*self.argv, *extra],
             stdout=log or sys.stderr, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
             start_new_session=True, preexec_fn=_die_with_parent,
         )

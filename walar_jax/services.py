@@ -31,19 +31,19 @@ def service_flags(section: Mapping) -> list[str]:
 
 
 def rollout_service(model_dir: str, section: Mapping, log_path: str | None,
-                    name: str = "rollout") -> launch.Service:
+                    name: str = "rollout", token: str | None = None) -> launch.Service:
     """`rollout_server.py --model DIR [flags of section]` in the rollout environment
-    (not started)."""
+    (not started); with `token`, every call must carry it."""
     return launch.Service(name, [launch.env_python("rollout"), "rollout_server.py",
                                  "--model", model_dir, *service_flags(section)],
-                          log_path=log_path)
+                          log_path=log_path, token=token)
 
 
 def reward_service(section: Mapping, log_path: str | None,
-                   name: str = "reward") -> launch.Service:
+                   name: str = "reward", token: str | None = None) -> launch.Service:
     """`python -m reward.server [flags of section]` in the reward environment (not started)."""
     return launch.Service(name, [launch.env_python("reward"), "-m", "reward.server",
-                                 *service_flags(section)], log_path=log_path)
+                                 *service_flags(section)], log_path=log_path, token=token)
 
 
 @contextlib.contextmanager
@@ -84,10 +84,12 @@ class TrainingServices:
         self._make = {}
         if not config.rollout.address:
             self._make["rollout"] = lambda: rollout_service(
-                model_dir, config.rollout.server, os.path.join(workdir, "rollout_server.log"))
+                model_dir, config.rollout.server, os.path.join(workdir, "rollout_server.log"),
+                token=launch.new_token())
         if not [a for a in config.reward.addresses if a]:
             self._make["reward"] = lambda: reward_service(
-                config.reward.server, os.path.join(workdir, "reward_server.log"))
+                config.reward.server, os.path.join(workdir, "reward_server.log"),
+                token=launch.new_token())
         self.rollout = self.reward = None
 
     # ------------------------------------------------------------ start, stop
@@ -123,19 +125,22 @@ class TrainingServices:
         from walar_jax.clients import RewardClient, RolloutClient
 
         c = self.c
+        svc = self.started.get(name)
         if name == "rollout":
             if self.rollout is not None:
                 self.rollout.close()
-            address = self.started["rollout"].address if "rollout" in self.started \
-                else c.rollout.address
-            self.rollout = RolloutClient(address, token=c.rollout.token or None)
+            self.rollout = RolloutClient(svc.address if svc else c.rollout.address,
+                                         token=svc.token if svc else c.rollout.token or None)
         else:
             if self.reward is not None:
                 self.reward.close()
-            addresses = [self.started["reward"].address] if "reward" in self.started \
-                else [a for a in c.reward.addresses if a]
-            self.reward = RewardClient(addresses, token=c.reward.token or None,
+            self.reward = RewardClient([svc.address] if svc else
+                                       [a for a in c.reward.addresses if a],
+                                       token=svc.token if svc else c.reward.token or None,
                                        timeout_s=c.reward.timeout_s)
+        if svc is not None:  # it is the process started here, not whatever took the port
+            (self.rollout if name == "rollout" else self.reward).verify_identity(
+                timeout=c.supervision.health_timeout_s)
 
     # --------------------------------------------------------------- recovery
     def healthy(self, name: str) -> bool:

@@ -119,7 +119,8 @@ def test_grpc_staging_segment_grows_and_is_removed():
 
 @pytest.mark.parametrize("flags, reason", [
     (["--host", "0.0.0.0"], "only loopback is allowed without --allow_remote"),
-    (["--host", "0.0.0.0", "--allow_remote"], "requires --token"),
+    (["--host", "0.0.0.0", "--allow_remote"], "requires a token"),
+    (["--tls_cert", "cert.pem"], "--tls_cert and --tls_key go together"),
 ])
 def test_server_refuses_a_wide_bind_before_loading_the_model(flags, reason):
     proc = subprocess.run(
@@ -127,6 +128,17 @@ def test_server_refuses_a_wide_bind_before_loading_the_model(flags, reason):
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode != 0 and reason in proc.stderr
+
+
+def test_a_token_file_others_can_read_is_refused(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("secret")
+    token.chmod(0o644)
+    proc = subprocess.run(
+        [sys.executable, "rollout_server.py", "--model", "/nonexistent", "--token_file",
+         str(token)], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0 and "readable by you alone (mode 0600), is 0o644" in proc.stderr
+    assert "secret" not in proc.stderr
 
 
 def test_table_follows_the_index_and_skips_a_stored_tied_head(tmp_path):

@@ -27,12 +27,13 @@ PROMPTS = [[72, 101, 108, 108, 111, 32], [84, 114, 97, 110, 115, 108, 97, 116, 1
            [66, 111, 110, 106, 111, 117, 114]]
 
 
-def sidecar_service(model_dir, log_dir, *extra: str, name: str = "rollout") -> launch.Service:
+def sidecar_service(model_dir, log_dir, *extra: str, name: str = "rollout",
+                    token: str | None = None) -> launch.Service:
     """The sidecar as a service; `with` starts it and always stops it."""
     flags = GPU_ENGINE if has_gpu() else CPU_ENGINE
     argv = [launch.env_python("rollout"), "rollout_server.py", "--model", str(model_dir),
             *flags, *extra]
-    return launch.Service(name, argv, log_path=str(log_dir / f"{name}.log"))
+    return launch.Service(name, argv, log_path=str(log_dir / f"{name}.log"), token=token)
 
 
 def has_gpu() -> bool:
@@ -202,13 +203,19 @@ def test_update_serves_new_weights_equal_to_a_fresh_sidecar(updated, client, ckp
     assert max_logprob_diff(model, sampled) <= 1e-3
 
     fresh_dir = models.save_pretrained(model, str(tmp_path / "perturbed"), tokenizer_dir=ckpt)
-    fresh = sidecar_service(fresh_dir, logs, "--token", "s3cret", name="fresh")
-    with fresh, RolloutClient(fresh.address, token="s3cret") as fc:
+    token = launch.new_token()  # as train.py starts it: a token file, never argv
+    fresh = sidecar_service(fresh_dir, logs, name="fresh", token=token)
+    with fresh, RolloutClient(fresh.address, token=token) as fc:
+        assert token not in " ".join(map(str, fresh.proc.args))
+        fc.verify_identity()  # it proves it holds the token
         tokens, lps, _ = greedy(fc)
         assert fc.info().weights_digest == res.digest  # same bytes, same hash
-        with RolloutClient(fresh.address, max_attempts=1) as anon, \
-                pytest.raises(AuthenticationError):
-            anon.info()
+        with RolloutClient(fresh.address, max_attempts=1) as anon:
+            with pytest.raises(AuthenticationError):
+                anon.info()
+            with pytest.raises(AuthenticationError):  # an unauthenticated weight update
+                push(anon, perturbed(ckpt, seed=2), transport="grpc")
+        assert greedy(fc)[0] == tokens and fc.info().weights_digest == res.digest
     assert fresh.proc.returncode == 0  # SIGTERM shut it down cleanly, no SIGKILL needed
     assert tokens == after[0]
     print("fresh-vs-updated max |logprob diff|:", float(np.abs(lps - after[1]).max()))

@@ -8,6 +8,8 @@ into bytes (`walar_jax.weight_sync`) and sends them.
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import secrets
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -16,7 +18,9 @@ from protos import rollout_pb2 as pb
 from protos import rollout_pb2_grpc as pb_grpc
 from protos import safetensors
 from walar_jax import weight_sync
+from protos.service import identity_proof
 from walar_jax.clients.common import (
+    AuthenticationError,
     ServiceError,
     auth_metadata,
     call_with_retries,
@@ -105,6 +109,7 @@ class RolloutClient:
                                     initial_backoff_s=base_delay_s)
         self.stub = pb_grpc.RolloutStub(self.channel)
         self.metadata = auth_metadata(token)
+        self.token = token
         self._transports: dict[str, weight_sync.Transport] = {}
         self._engine_dtype: np.dtype | None = None
 
@@ -114,8 +119,18 @@ class RolloutClient:
             address=self.address, what=what, max_attempts=attempts or self.max_attempts,
             base_delay_s=self.base_delay_s, deadline=timeout)
 
-    def info(self, timeout: float | None = 30.0) -> pb.InfoResponse:
-        return self._call("Info", self.stub.Info, pb.InfoRequest(), timeout)
+    def info(self, timeout: float | None = 30.0, nonce: str = "") -> pb.InfoResponse:
+        return self._call("Info", self.stub.Info, pb.InfoRequest(nonce=nonce), timeout)
+
+    def verify_identity(self, timeout: float | None = 30.0) -> None:
+        """Raises unless the server proves it holds this client's token (a random nonce
+        answered with HMAC(token, nonce)): it is the service this process started."""
+        nonce = secrets.token_hex(16)
+        got = self.info(timeout, nonce=nonce).proof
+        if not hmac.compare_digest(got, identity_proof(self.token, nonce)):
+            raise AuthenticationError(f"the server at {self.address} is not the rollout "
+                                      "sidecar that was started with this token",
+                                      address=self.address)
 
     def engine_dtype(self) -> np.dtype:
         """numpy dtype of the engine's weights (bfloat16 through ml_dtypes): what
