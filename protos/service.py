@@ -15,6 +15,7 @@ sender cannot produce twice.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
 import ipaddress
@@ -42,6 +43,7 @@ GRPC_MAX_ATTEMPTS = 5
 RETRY_BUFFER_BYTES = 64 << 20
 
 log = logging.getLogger(__name__)
+_PARENT = os.getppid()  # the process that started this one (read at import, at start-up)
 
 
 def is_loopback(host: str) -> bool:
@@ -224,12 +226,23 @@ def write_port_file(path: str, port: int) -> None:
     os.replace(tmp, path)
 
 
+def die_with_parent() -> None:
+    """SIGTERM to this process when the one that started it dies (Linux prctl
+    PR_SET_PDEATHSIG); `serve_until_signalled` also watches the parent, everywhere."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl here: the watch alone applies
+        pass
+
+
 def serve_until_signalled(server: grpc.Server, port: int, port_file: str | None,
                           exit_with_parent: bool = False) -> None:
     """Announces the port (once the caller is ready to serve) and blocks until SIGTERM or
     SIGINT (or, with `exit_with_parent`, until the parent process is gone), then stops
     the server with a short grace period."""
-    parent = os.getppid()
+    parent = _PARENT  # as at start-up: the launcher may have died while we loaded models
+    if exit_with_parent:
+        die_with_parent()
     if port_file:
         write_port_file(port_file, port)
     done = threading.Event()

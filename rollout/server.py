@@ -62,6 +62,8 @@ def _refuse(err: BaseException) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.exit_with_parent:
+        service.die_with_parent()  # also while the model loads
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = engine_config(args)
     try:

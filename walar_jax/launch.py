@@ -7,7 +7,6 @@ health check and stops them again (also on errors and Ctrl-C).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pathlib
 import secrets
@@ -39,14 +38,6 @@ def resolve_model_path(path: str) -> str:
 def new_token() -> str:
     """A fresh random token for one service of one run."""
     return secrets.token_urlsafe(32)
-
-
-def _die_with_parent() -> None:
-    """In the child between fork and exec: SIGTERM when the parent dies (Linux prctl)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: the service's own parent watch still applies
-        pass
 
 
 def venvs_dir() -> pathlib.Path:
@@ -83,8 +74,8 @@ class Service:
         """Starts the process with `--port 0 --port_file F` appended and waits for F.
 
         F lies in a fresh 0700 directory, so no other user can plant a port there; the
-        child gets SIGTERM when this process dies (Linux), so a killed trainer leaves no
-        service behind."""
+        service is told to stop when this process dies (`--exit_with_parent`), so a
+        killed trainer leaves no service behind."""
         self._dir = tempfile.mkdtemp(prefix=f"walar-{self.name}-")  # mode 0700
         port_file = os.path.join(self._dir, "port")
         extra = ["--port", "0", "--port_file", port_file, "--exit_with_parent"]
@@ -100,8 +91,8 @@ class Service:
         self.proc = subprocess.Popen(
             [*self.argv, *extra],
             stdout=log or sys.stderr, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )
+            start_new_session=True,  # no preexec_fn: forking a threaded JAX process
+        )                            # must not run Python in the child
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
