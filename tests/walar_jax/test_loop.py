@@ -309,11 +309,16 @@ def test_streamed_rewards_score_chunks_while_others_generate(tiny_dir, tmp_path)
     part, stats = t.collect()
     assert calls == [4, 4, 4, 4] and len(arrived) == 4  # four chunks of 1 prompt x 4 samples
     assert len(part["adv"]) == 16 and stats["reward_calls"] == 1.0
-    # the rollout keeps the task order, whatever order the chunks came back in
+    # the rollout keeps the task order whatever order the chunks came back in, and
+    # samples do not depend on the chunking (per-prompt seeds, as vLLM's)
     t.stream.position = 0
-    for i, ids in enumerate(t._prompt_ids(t.stream.take(4))):
-        for row in range(4 * i, 4 * i + 4):
-            assert list(part["ids"][row, :len(ids)]) == ids
+    t.rollout = InProcessRollout(tiny_dir)
+    whole, _ = trainer_lib.Trainer(
+        loop_config(tiny_dir, total_steps=1), str(tmp_path / "whole"), rollout=t.rollout,
+        reward_fn=latin_share, model_dir=tiny_dir).collect(version=0)
+    for key in ("ids", "mask", "adv"):
+        np.testing.assert_array_equal(part[key], whole[key])
+    np.testing.assert_allclose(part["rollout_logp"], whole["rollout_logp"], atol=1e-5)
 
 
 # ------------------------------------------------------------------- supervision

@@ -120,9 +120,13 @@ class InProcessRollout:
         buf = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):
             buf[i, :len(r)] = r
+        # like vLLM's per-request generators: a sample depends on the seed, its prompt and
+        # its index among the prompt's n, not on what else is in the call
+        base = jax.random.PRNGKey(seed or 0)
+        keys = jnp.stack([jax.random.fold_in(base, i % n) for i in range(len(rows))])
         tokens, logps, finish = _decode(
             self, buf, lengths, max_tokens=max_tokens, min_tokens=min_tokens,
-            sampling=(temperature, top_p, top_k), key=jax.random.PRNGKey(seed or 0))
+            sampling=(temperature, top_p, top_k), keys=keys)
         out = []
         for p_idx, prompt in enumerate(prompts):
             comps = []
@@ -137,7 +141,7 @@ class InProcessRollout:
         pass
 
 
-def _decode(engine: InProcessRollout, buf, lengths, *, max_tokens, min_tokens, sampling, key):
+def _decode(engine: InProcessRollout, buf, lengths, *, max_tokens, min_tokens, sampling, keys):
     """Token-by-token sampling over a fixed [B, L] buffer (causal: later slots are unseen)."""
     temperature, top_p, top_k = sampling
     B = buf.shape[0]
@@ -149,7 +153,7 @@ def _decode(engine: InProcessRollout, buf, lengths, *, max_tokens, min_tokens, s
     lengths = lengths.copy()
     for t in range(max_tokens):
         tok, lp = engine._step(
-            engine.state, jnp.asarray(buf), jnp.asarray(lengths), jax.random.fold_in(key, t),
+            engine.state, jnp.asarray(buf), jnp.asarray(lengths), keys, jnp.int32(t),
             jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), jnp.asarray(eos),
             jnp.bool_(t < min_tokens), graphdef=engine.graphdef, top_k=int(top_k),
             greedy=temperature == 0.0)
@@ -166,8 +170,8 @@ def _decode(engine: InProcessRollout, buf, lengths, *, max_tokens, min_tokens, s
     return tokens, logps, finish
 
 
-def _sample_step(state, buf, lengths, key, temperature, top_p, eos, block_eos, *, graphdef,
-                 top_k, greedy):
+def _sample_step(state, buf, lengths, keys, t, temperature, top_p, eos, block_eos, *,
+                 graphdef, top_k, greedy):
     """Next token of every row at position `lengths`, and its raw log-prob."""
     model = nnx.merge(graphdef, state)
     seg = (jnp.arange(buf.shape[1])[None, :] < lengths[:, None]).astype(jnp.int32)
@@ -189,8 +193,8 @@ def _sample_step(state, buf, lengths, key, temperature, top_p, eos, block_eos, *
         drop = jnp.zeros_like(drop_sorted).at[jnp.arange(x.shape[0])[:, None], order].set(
             drop_sorted)
         x = jnp.where(drop, -jnp.inf, x)
-        keys = jax.random.split(key, x.shape[0])
-        tok = jax.vmap(jax.random.categorical)(keys, x)
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t)
+        tok = jax.vmap(jax.random.categorical)(step_keys, x)
     return tok.astype(jnp.int32), jnp.take_along_axis(raw, tok[:, None], axis=-1)[:, 0]
 
 

@@ -234,7 +234,7 @@ class Trainer:
         spans = [(a, min(a + size, len(tasks))) for a in range(0, len(tasks), size)]
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(len(spans)) as gen, cf.ThreadPoolExecutor(2) as score:
-            running = {gen.submit(self._generate, ids[a:b], seed + a, version): (a, b)
+            running = {gen.submit(self._generate, ids[a:b], seed, version): (a, b)
                        for a, b in spans}
             scored = {}
             for fut in cf.as_completed(running):
