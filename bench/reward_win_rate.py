@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from reward.scorer import RawItem  # noqa: E402
-from reward.server import build_parser, build_scorer  # noqa: E402
+from reward.server import build_scorer, parse_args  # noqa: E402
 
 FLORES = REPO.parent / "shared" / "data" / "flores200"
 KINDS = ("copy", "wrong_lang", "shuffled", "code_mixed")
@@ -84,7 +84,7 @@ def main() -> None:
     read = lambda c: (root / f"{c}.txt").read_text(encoding="utf-8").splitlines()[: args.n]
     langs = args.langs.split(",") if args.langs else sorted(
         f.stem for f in root.glob("*_*.txt") if f.stem != "eng_Latn")
-    scorer = build_scorer(build_parser().parse_args(["--device", "cpu", *server_flags]))
+    scorer = build_scorer(parse_args(["--device", "cpu", *server_flags]))
     src = read("eng_Latn")
     per_lang, start = {}, time.perf_counter()
     for k, lang in enumerate(langs):

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from protos import reward_metrics
 from walar_jax.clients import (
     AuthenticationError,
     InvalidRequestError,
@@ -55,8 +56,12 @@ def test_good_batch_rewards_and_components(server):
     assert copy.align_f1 is None and copy.detected_lang == "eng_Latn"
     assert named.reward == pytest.approx(ok.reward)  # "French" resolves like fra_Latn
     assert batch.rewards == [ok.reward, copy.reward, named.reward]
+    assert ok.align_bonus and not copy.align_bonus and 0 < ok.masklid_share <= 1
     assert batch.metrics["gate_penalised_share"] == pytest.approx(1 / 3)
     assert batch.metrics["mean_qe"] == pytest.approx((ok.qe + copy.qe + named.qe) / 3)
+    # the service's own metric names, nothing renamed or added
+    assert set(batch.metrics) == set(reward_metrics.NAMES)
+    assert batch.metrics["n_align_bonus"] == 2 and batch.metrics["n_align_f1"] == 2
 
 
 def test_bad_items_come_back_with_status_and_penalty(server):
@@ -67,13 +72,23 @@ def test_bad_items_come_back_with_status_and_penalty(server):
     assert batch.metrics["n_bad_items"] == 3
 
 
-def test_split_across_addresses_keeps_order_and_metrics(server):
-    items = [_item(FR), _item(EN), _item(SW, tgt="swh_Latn"), _item(FR), _item(EN)]
+def test_split_across_addresses_keeps_order_and_merges_metrics_exactly(server):
+    """Chunks of 2, 2 and 3 items holding 1, 0 and 1 F1 values (lid.176 labels the short
+    Swahili sentence Indonesian: penalised): the merged means are count-weighted and skip
+    the chunk whose mean is NaN, equal to one server's metrics of the whole batch."""
+    items = [_item(FR), _item(EN), _item(EN), _item(EN), _item(SW, tgt="swh_Latn"),
+             _item(FR), _item("")]
     with RewardClient([server.address], token=TOKEN, timeout_s=120) as one, \
             RewardClient([server.address] * 3, token=TOKEN, timeout_s=120) as three:
         a, b = one.score(items), three.score(items)
     assert a.rewards == pytest.approx(b.rewards)
-    assert a.metrics == pytest.approx(b.metrics, nan_ok=True)
+    assert a.metrics.keys() == b.metrics.keys() == set(reward_metrics.NAMES)
+    for k in a.metrics:
+        assert b.metrics[k] == pytest.approx(a.metrics[k], rel=1e-12), k
+    f1 = [it.align_f1 for it in a.items if it.align_f1 is not None]
+    assert len(f1) == 2 and b.metrics["mean_align_f1"] == pytest.approx(sum(f1) / 2)
+    assert b.metrics["n_align_f1"] == 2 and b.metrics["n_qe"] == 6
+    assert b.metrics["n_bad_items"] == 1 and b.metrics["n_items"] == 7
 
 
 def test_invalid_argument_fails_fast_with_the_reason(server, caplog):
