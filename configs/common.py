@@ -36,7 +36,8 @@ def base() -> ml_collections.ConfigDict:
         addresses=(), token="", timeout_s=600.0,  # none: train.py starts the service
         # flags of `python -m reward.server` when train.py starts it
         server=ml_collections.ConfigDict(dict(
-            qe="embed", lid=True, align=True, alpha=20.0, masklid=True, device="auto")),
+            rule="walar", qe="embed", lid=True, align=True, alpha=20.0, masklid=True,
+            device="auto")),
     ))
     c.grpo = ml_collections.ConfigDict(dict(
         scale_by_std=True,  # False: Dr.GRPO
@@ -66,15 +67,21 @@ def paper(model_path: str) -> ml_collections.ConfigDict:
     c = base()
     c.model.update(path=model_path, dtype="bfloat16", param_dtype="float32", remat=True)
     c.mesh.update(data=1, fsdp=-1, tensor=1)  # all devices on fsdp (bench/aot_memory.py)
-    # Reward: GlotLID gate, MetricX-24 QE, MaskLID + bge-m3 (layer 24) alignment, alpha 20.
+    # Reward: WALAR's published rule (scripts/serve_rm.sh): GlotLID top-1 gate, MetricX-24
+    # hybrid XXL (bf16) QE on 512 tokens, MaskLID over the 200 FLORES-200 labels picking
+    # the words bge-m3 (layer 24) aligns, alpha 20, HanLP for Chinese (docs/reward.md).
     # GlotLID is a fastText file: download cis-lmu/glotlid's model_v3.bin and point here.
-    c.reward.server.update(qe="metricx", alpha=20.0, masklid=True, align=True)
-    c.reward.server.qe_model = "google/metricx-24-hybrid-xl-v2p6"
+    c.reward.server.update(rule="walar", qe="metricx", alpha=20.0, masklid=True, align=True)
+    c.reward.server.qe_model = "google/metricx-24-hybrid-xxl-v2p6-bfloat16"
     c.reward.server.qe_tokenizer = "google/mt5-xl"
+    c.reward.server.qe_max_length = 512
     c.reward.server.lid_model = "models/glotlid/model_v3.bin"
     c.reward.server.lid_labels = "glotlid"
+    c.reward.server.masklid_labels = "flores200"
     c.reward.server.align_model = "BAAI/bge-m3"
     c.reward.server.align_layer = 24
+    c.reward.server.align_max_length = 8192  # bge-m3's limit, as WALAR (model_max_length)
+    c.reward.server.hanlp_model = "COARSE_ELECTRA_SMALL_ZH"  # coarse_electra_small_20220616
     c.data.paths = ("data/walar_train",)  # one <flores_code>.txt per language, or WALAR JSONL
     c.rollout.update(n=8, temperature=1.0, max_tokens=512, max_prompt_tokens=512)
     c.rollout.server.update(dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.6)

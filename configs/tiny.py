@@ -16,7 +16,7 @@ def get_config(arg: str | None = None):
     c.rollout.update(n=4, max_tokens=48, max_prompt_tokens=256, length_bucket=64)
     c.rollout.server.update(max_model_len=512, dtype="float32")
     c.rollout.server.kv_cache_gib = 1
-    c.reward.server.update(qe="embed", align=True, masklid=True, device="cpu")
+    c.reward.server.update(rule="walar", qe="embed", align=True, masklid=True, device="cpu")
     c.rollout_batch_prompts = 4
     c.train_batch_size = 16
     c.micro_batch_size = 8

@@ -186,6 +186,38 @@ def test_tls_with_token(tmp_path):
                 plain.score([_item(FR)])
 
 
+@pytest.mark.parametrize("name", ["tiny", "qwen3_8b", "llamax3_8b", "translategemma_4b"])
+def test_config_reward_flags_start_walars_rule(name):
+    """The reward.server section of each config, as the trainer passes it, is accepted by
+    the service and resolves to WALAR's published rule (paper configs: its models)."""
+    import importlib
+    import json
+
+    from walar_jax.services import service_flags
+
+    try:
+        python = env_python("reward")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    flags = service_flags(importlib.import_module(f"configs.{name}").get_config().reward.server)
+    code = ("import json, sys; from reward.server import parse_args; "
+            "a = vars(parse_args(sys.argv[1:])); print(json.dumps(a))")
+    out = subprocess.run([python, "-c", code, *flags], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True)
+    a = json.loads(out.stdout.splitlines()[-1])
+    assert (a["rule"], a["label_match"], a["segment"], a["masklid_min_share"]) == (
+        "walar", "walar", "walar", 0.0)
+    assert a["lid"] and a["masklid"] and a["align"] and a["alpha"] == 20.0
+    if name == "tiny":  # the embedded default: bundled lid.176 and MiniLM
+        assert a["qe"] == "embed" and a["lid_model"] is None and a["align_model"] is None
+        return
+    assert (a["qe"], a["qe_model"], a["qe_tokenizer"], a["qe_max_length"]) == (
+        "metricx", "google/metricx-24-hybrid-xxl-v2p6-bfloat16", "google/mt5-xl", 512)
+    assert (a["lid_labels"], a["masklid_labels"]) == ("glotlid", "flores200")
+    assert (a["align_model"], a["align_layer"]) == ("BAAI/bge-m3", 24)
+    assert a["hanlp_model"] == "COARSE_ELECTRA_SMALL_ZH"
+
+
 def test_trainer_side_client_does_not_import_torch():
     import sys
 
