@@ -7,12 +7,13 @@ For sentence i, the true translation competes with four bad outputs:
   code_mixed first half of the translation's words, then the second half of the source's
 A win is reward(true) > reward(bad) (ties lose). Prints per-language win rates, the share
 of items whose gate was skipped (the identifier cannot label the language), and the mean
-reward of each kind, as JSON.
+reward of each kind, as JSON on stdout, and a table of the languages the gate applies to
+on stderr.
 
     .venv/reward/bin/python bench/reward_win_rate.py [--n 30] [--langs a,b] [-- server flags]
 
-With no server flags it scores with the embedded default (lid.176 + MaskLID fallback,
-MiniLM cosine QE, MiniLM alignment).
+With no server flags it scores with the embedded default under WALAR's rule (lid.176 top-1
+gate, MaskLID, MiniLM cosine QE, MiniLM alignment); `-- --rule ours` for ours.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def candidates(src: list[str], tgt: list[str], other: list[str]) -> dict[str, li
             "shuffled": [tgt[(i + n // 2) % n] for i in range(n)], "code_mixed": mixed}
 
 
+GLOTLID_LABEL = {"zho_Hans": "cmn_Hani"}  # GlotLID's label where it is not the FLORES code
+
+
 def train_glotlid_style(dev: pathlib.Path) -> str:
-    """A 26-language fastText LID with GlotLID labels, trained in seconds on FLORES dev."""
+    """A 26-language fastText LID with GlotLID's labels, trained in seconds on FLORES dev."""
     import tempfile
 
     import fasttext
@@ -57,7 +61,7 @@ def train_glotlid_style(dev: pathlib.Path) -> str:
     with (tmp / "train.txt").open("w", encoding="utf-8") as f:
         for path in sorted(dev.glob("*_*.txt")):
             for line in path.read_text(encoding="utf-8").splitlines():
-                f.write(f"__label__{path.stem} {line}\n")
+                f.write(f"__label__{GLOTLID_LABEL.get(path.stem, path.stem)} {line}\n")
     model = fasttext.train_supervised(str(tmp / "train.txt"), dim=16, epoch=15, lr=1.0,
                                       minn=2, maxn=4, bucket=200_000, thread=1, verbose=0,
                                       seed=0)
@@ -81,7 +85,10 @@ def main() -> None:
         server_flags = ["--lid_model", train_glotlid_style(pathlib.Path(args.flores) / "dev"),
                         *server_flags]
     root = pathlib.Path(args.flores) / "devtest"
-    read = lambda c: (root / f"{c}.txt").read_text(encoding="utf-8").splitlines()[: args.n]
+
+    def read(code: str) -> list[str]:
+        return (root / f"{code}.txt").read_text(encoding="utf-8").splitlines()[: args.n]
+
     langs = args.langs.split(",") if args.langs else sorted(
         f.stem for f in root.glob("*_*.txt") if f.stem != "eng_Latn")
     scorer = build_scorer(parse_args(["--device", "cpu", *server_flags]))
@@ -105,6 +112,7 @@ def main() -> None:
     overall = {kind: round(float(np.mean([v["win_rate"][kind] for v in per_lang.values()])), 3)
                for kind in KINDS}
     gated = [lang for lang, v in per_lang.items() if v["gate_skipped"] == 0]
+    print(_table(per_lang, gated), file=sys.stderr)
     print(json.dumps({
         "bench": "reward_win_rate", "n_per_language": args.n, "source": "eng_Latn",
         "server_flags": server_flags or "(embedded default)",
@@ -113,9 +121,27 @@ def main() -> None:
         "mean_win_rate_where_gate_applies": {
             kind: round(float(np.mean([per_lang[g]["win_rate"][kind] for g in gated])), 3)
             for kind in KINDS} if gated else None,
+        "min_win_rate_where_gate_applies": {
+            kind: min((per_lang[g]["win_rate"][kind], g) for g in gated) for kind in KINDS
+        } if gated else None,
         "languages_gate_skipped": [lang for lang in langs if lang not in gated],
         "per_language": per_lang,
     }, indent=1))
+
+
+def _table(per_lang: dict, gated: list[str]) -> str:
+    """Markdown: one row per language the gate applies to, then their mean and minimum."""
+    head = "| target | " + " | ".join(KINDS) + " | true passes gate |"
+    rows = [head, "|" + "---|" * (len(KINDS) + 2)]
+    for lang in gated:
+        v = per_lang[lang]
+        rows.append(f"| {lang} | " + " | ".join(f"{v['win_rate'][k]:.2f}" for k in KINDS)
+                    + f" | {v['true_passes_gate']:.2f} |")
+    for name, agg in (("mean", np.mean), ("min", np.min)):
+        cells = [agg([per_lang[g]["win_rate"][k] for g in gated]) for k in KINDS]
+        cells.append(agg([per_lang[g]["true_passes_gate"] for g in gated]))
+        rows.append(f"| **{name}** | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

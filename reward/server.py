@@ -118,11 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Flags, with the ones left unset taken from --rule."""
-    args = build_parser().parse_args(argv)
+    """Flags, with the ones left unset taken from --rule. A share gate asked for without
+    MaskLID is refused; one the rule implies is dropped (there is nothing to gate on)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    explicit_share = args.masklid_min_share is not None
     for key, value in RULES[args.rule].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.masklid_min_share and not (args.lid and args.masklid):
+        if explicit_share:
+            parser.error("--masklid_min_share needs MaskLID and the identifier (drop "
+                         "--no_masklid / --no_lid, or pass --masklid_min_share 0)")
+        args.masklid_min_share = 0.0
     args.warnings = []
     return args
 
@@ -160,8 +168,6 @@ def _build_lid(args: argparse.Namespace, matcher):
         log.info("MaskLID: %s, %d labels, share gate %s", "exact" if masklid.exact else
                  "per-word predict fallback (model quantized with -qout)",
                  len(masklid.labels), args.masklid_min_share or "off")
-    elif args.masklid_min_share:
-        raise ValueError("--masklid_min_share needs MaskLID (drop --no_masklid)")
     return lid_model, masklid
 
 

@@ -40,12 +40,14 @@ def test_rule_fills_the_flags_left_unset():
     mixed = parse_args(["--rule", "ours", "--segment", "walar", "--masklid_min_share", "0"])
     assert (mixed.label_match, mixed.segment, mixed.masklid_min_share) == ("group", "walar", 0)
     assert parse_args(["--label_match", "group"]).segment == "walar"
+    assert parse_args(["--rule", "ours", "--no-masklid"]).masklid_min_share == 0.0
 
 
 def test_share_gate_without_masklid_is_refused():
-    res = _run(["--port", "0", "--no-masklid", "--masklid_min_share", "0.9", "--no-align",
-                "--qe", "none"])
-    assert res.returncode != 0 and "--masklid_min_share needs MaskLID" in res.stderr
+    for off in ("--no-masklid", "--no-lid"):
+        res = _run(["--port", "0", off, "--masklid_min_share", "0.9", "--no-align", "--qe",
+                    "none"])
+        assert res.returncode != 0 and "--masklid_min_share needs MaskLID" in res.stderr
 
 
 def test_wide_bind_without_flag_and_token_is_refused():
