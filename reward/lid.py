@@ -121,10 +121,14 @@ class MaskLID:
                 raise ValueError(f"none of the {len(keep)} MaskLID labels is a label of "
                                  f"{lid.path}")
         self.labels = [lid.raw_labels[i] for i in self.index]
+        self._target_labels: dict[str, list[int]] = {}
 
     def target_labels(self, target: Language) -> list[int]:
         """Positions (in `labels`) of the labels that name `target`."""
-        return [j for j, lab in enumerate(self.labels) if self.matcher.matches(lab, target)]
+        if target.code not in self._target_labels:
+            self._target_labels[target.code] = [
+                j for j, lab in enumerate(self.labels) if self.matcher.matches(lab, target)]
+        return self._target_labels[target.code]
 
     @staticmethod
     def normalise(text: str) -> str:
