@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from bench.reward_align_reference import align_f1_per_item  # noqa: E402
 from reward.languages import resolve  # noqa: E402
 from reward.scorer import RawItem  # noqa: E402
-from reward.server import build_parser, build_scorer  # noqa: E402
+from reward.server import build_scorer, parse_args  # noqa: E402
 
 FLORES = REPO.parent / "shared" / "data" / "flores200"
 
@@ -57,10 +57,13 @@ def main() -> None:
     p.add_argument("--tgt", default="fra_Latn")
     p.add_argument("--flores", default=str(FLORES))
     args = p.parse_args(argv)
-    read = lambda code: (pathlib.Path(args.flores) / "devtest" / f"{code}.txt").read_text(
-        encoding="utf-8").splitlines()[: args.batch]
+
+    def read(code: str) -> list[str]:
+        path = pathlib.Path(args.flores) / "devtest" / f"{code}.txt"
+        return path.read_text(encoding="utf-8").splitlines()[: args.batch]
+
     src, tgt = read(args.src), read(args.tgt)
-    server_args = build_parser().parse_args(["--device", "cpu", *server_flags])
+    server_args = parse_args(["--device", "cpu", *server_flags])
     scorer = build_scorer(server_args)
     items = [RawItem(s.encode(), t.encode(), args.src, args.tgt) for s, t in zip(src, tgt)]
 

@@ -7,12 +7,13 @@ For sentence i, the true translation competes with four bad outputs:
   code_mixed first half of the translation's words, then the second half of the source's
 A win is reward(true) > reward(bad) (ties lose). Prints per-language win rates, the share
 of items whose gate was skipped (the identifier cannot label the language), and the mean
-reward of each kind, as JSON.
+reward of each kind, as JSON on stdout, and a table of the languages the gate applies to
+on stderr.
 
     .venv/reward/bin/python bench/reward_win_rate.py [--n 30] [--langs a,b] [-- server flags]
 
-With no server flags it scores with the embedded default (lid.176 + MaskLID fallback,
-MiniLM cosine QE, MiniLM alignment).
+With no server flags it scores with the embedded default under WALAR's rule (lid.176 top-1
+gate, MaskLID, MiniLM cosine QE, MiniLM alignment); `-- --rule ours` for ours.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from reward.scorer import RawItem  # noqa: E402
-from reward.server import build_parser, build_scorer  # noqa: E402
+from reward.server import build_scorer, parse_args  # noqa: E402
 
 FLORES = REPO.parent / "shared" / "data" / "flores200"
 KINDS = ("copy", "wrong_lang", "shuffled", "code_mixed")
@@ -47,8 +48,11 @@ def candidates(src: list[str], tgt: list[str], other: list[str]) -> dict[str, li
             "shuffled": [tgt[(i + n // 2) % n] for i in range(n)], "code_mixed": mixed}
 
 
+GLOTLID_LABEL = {"zho_Hans": "cmn_Hani"}  # GlotLID's label where it is not the FLORES code
+
+
 def train_glotlid_style(dev: pathlib.Path) -> str:
-    """A 26-language fastText LID with GlotLID labels, trained in seconds on FLORES dev."""
+    """A 26-language fastText LID with GlotLID's labels, trained in seconds on FLORES dev."""
     import tempfile
 
     import fasttext
@@ -57,12 +61,30 @@ def train_glotlid_style(dev: pathlib.Path) -> str:
     with (tmp / "train.txt").open("w", encoding="utf-8") as f:
         for path in sorted(dev.glob("*_*.txt")):
             for line in path.read_text(encoding="utf-8").splitlines():
-                f.write(f"__label__{path.stem} {line}\n")
+                f.write(f"__label__{GLOTLID_LABEL.get(path.stem, path.stem)} {line}\n")
     model = fasttext.train_supervised(str(tmp / "train.txt"), dim=16, epoch=15, lr=1.0,
                                       minn=2, maxn=4, bucket=200_000, thread=1, verbose=0,
                                       seed=0)
     model.save_model(str(tmp / "lid.bin"))
     return str(tmp / "lid.bin")
+
+
+def score_language(scorer, lang: str, src: list[str], tgt: list[str], other: list[str],
+                   kinds: list[str]) -> dict:
+    """Win rates of the true translation into `lang` over each kind of bad output."""
+    cands = {k: v for k, v in candidates(src, tgt, other).items() if k == "true" or k in kinds}
+    items = [RawItem(s.encode(), h.encode(), "eng_Latn", lang)
+             for kind in cands for s, h in zip(src, cands[kind])]
+    scores = scorer.score(items)
+    n = len(src)
+    reward = {kind: np.array([s.reward for s in scores[j * n:(j + 1) * n]])
+              for j, kind in enumerate(cands)}
+    return {
+        "win_rate": {kind: float(np.mean(reward["true"] > reward[kind])) for kind in kinds},
+        "gate_skipped": float(np.mean([s.gate_skipped for s in scores])),
+        "true_passes_gate": float(np.mean([s.language_ok for s in scores[:n]])),
+        "mean_reward": {kind: round(float(v.mean()), 3) for kind, v in reward.items()},
+    }
 
 
 def main() -> None:
@@ -72,50 +94,64 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=30, help="sentences per language")
     p.add_argument("--langs", default=None, help="comma list (default: all but English)")
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of {KINDS}")
     p.add_argument("--flores", default=str(FLORES))
     p.add_argument("--glotlid_from_dev", action="store_true",
                    help="train a GlotLID-style fastText (eng_Latn labels, unquantized) on "
                         "FLORES dev and use it as --lid_model (devtest stays unseen)")
     args = p.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or set(kinds) - set(KINDS):
+        p.error(f"--kinds must name some of {KINDS}")
     if args.glotlid_from_dev:
         server_flags = ["--lid_model", train_glotlid_style(pathlib.Path(args.flores) / "dev"),
                         *server_flags]
     root = pathlib.Path(args.flores) / "devtest"
-    read = lambda c: (root / f"{c}.txt").read_text(encoding="utf-8").splitlines()[: args.n]
+
+    def read(code: str) -> list[str]:
+        return (root / f"{code}.txt").read_text(encoding="utf-8").splitlines()[: args.n]
+
     langs = args.langs.split(",") if args.langs else sorted(
         f.stem for f in root.glob("*_*.txt") if f.stem != "eng_Latn")
-    scorer = build_scorer(build_parser().parse_args(["--device", "cpu", *server_flags]))
-    src = read("eng_Latn")
-    per_lang, start = {}, time.perf_counter()
+    scorer = build_scorer(parse_args(["--device", "cpu", *server_flags]))
+    src, per_lang, start = read("eng_Latn"), {}, time.perf_counter()
     for k, lang in enumerate(langs):
-        other = langs[(k + 1) % len(langs)]
-        cands = candidates(src, read(lang), read(other))
-        items = [RawItem(s.encode(), h.encode(), "eng_Latn", lang)
-                 for kind in cands for s, h in zip(src, cands[kind])]
-        scores = scorer.score(items)
-        reward = {kind: np.array([s.reward for s in scores[j * len(src):(j + 1) * len(src)]])
-                  for j, kind in enumerate(cands)}
-        per_lang[lang] = {
-            "win_rate": {kind: float(np.mean(reward["true"] > reward[kind])) for kind in KINDS},
-            "gate_skipped": float(np.mean([s.gate_skipped for s in scores])),
-            "true_passes_gate": float(np.mean([s.language_ok for s in scores[: len(src)]])),
-            "mean_reward": {kind: round(float(v.mean()), 3) for kind, v in reward.items()},
-        }
+        other = read(langs[(k + 1) % len(langs)])
+        per_lang[lang] = score_language(scorer, lang, src, read(lang), other, kinds)
         print(lang, json.dumps(per_lang[lang]["win_rate"]), file=sys.stderr)
-    overall = {kind: round(float(np.mean([v["win_rate"][kind] for v in per_lang.values()])), 3)
-               for kind in KINDS}
     gated = [lang for lang, v in per_lang.items() if v["gate_skipped"] == 0]
+    print(_table(per_lang, gated, kinds), file=sys.stderr)
+
+    def mean(ls, k: str) -> float:
+        return round(float(np.mean([per_lang[g]["win_rate"][k] for g in ls])), 3)
+
     print(json.dumps({
         "bench": "reward_win_rate", "n_per_language": args.n, "source": "eng_Latn",
         "server_flags": server_flags or "(embedded default)",
         "seconds": round(time.perf_counter() - start, 1),
-        "mean_win_rate": overall,
-        "mean_win_rate_where_gate_applies": {
-            kind: round(float(np.mean([per_lang[g]["win_rate"][kind] for g in gated])), 3)
-            for kind in KINDS} if gated else None,
+        "mean_win_rate": {k: mean(per_lang, k) for k in kinds},
+        "mean_win_rate_where_gate_applies": {k: mean(gated, k) for k in kinds} if gated else None,
+        "min_win_rate_where_gate_applies": {
+            k: min((per_lang[g]["win_rate"][k], g) for g in gated) for k in kinds
+        } if gated else None,
         "languages_gate_skipped": [lang for lang in langs if lang not in gated],
         "per_language": per_lang,
     }, indent=1))
+
+
+def _table(per_lang: dict, gated: list[str], kinds: list[str]) -> str:
+    """Markdown: one row per language the gate applies to, then their mean and minimum."""
+    head = "| target | " + " | ".join(kinds) + " | true passes gate |"
+    rows = [head, "|" + "---|" * (len(kinds) + 2)]
+    for lang in gated:
+        v = per_lang[lang]
+        rows.append(f"| {lang} | " + " | ".join(f"{v['win_rate'][k]:.2f}" for k in kinds)
+                    + f" | {v['true_passes_gate']:.2f} |")
+    for name, agg in (("mean", np.mean), ("min", np.min)):
+        cells = [agg([per_lang[g]["win_rate"][k] for g in gated]) for k in kinds]
+        cells.append(agg([per_lang[g]["true_passes_gate"] for g in gated]))
+        rows.append(f"| **{name}** | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

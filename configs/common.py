@@ -21,12 +21,12 @@ ROLLOUT_SERVER_FLAGS = dict(
 )
 # Flags of `python -m reward.server` that a run may set, with their types.
 REWARD_SERVER_FLAGS = dict(
-    qe=str, qe_model=str, qe_tokenizer=str, qe_batch_size=int, qe_max_length=int,
-    lid=bool, lid_model=str, lid_labels=str, lid_languages=str,
-    masklid=bool, masklid_beta=int, masklid_alpha=int, masklid_min_share=float,
-    align=bool, align_model=str, align_layer=int, align_batch_size=int, align_max_length=int,
-    hanlp_model=str, alpha=float, penalty=float, max_chars=int, max_batch=int, device=str,
-    log_level=str,
+    rule=str, qe=str, qe_model=str, qe_tokenizer=str, qe_batch_size=int, qe_max_length=int,
+    lid=bool, lid_model=str, lid_labels=str, label_match=str,
+    masklid=bool, masklid_labels=str, masklid_beta=int, masklid_alpha=int,
+    masklid_min_share=float, align=bool, align_model=str, align_layer=int,
+    align_batch_size=int, align_max_length=int, segment=str, hanlp_model=str, alpha=float,
+    penalty=float, max_chars=int, max_batch=int, device=str, log_level=str,
 )
 # The paper's language identifier (the training gate, and evaluation's LCR): GlotLID is a
 # fastText file: download cis-lmu/glotlid's model_v3.bin and point here.
@@ -136,12 +136,17 @@ def paper(model_path: str) -> ml_collections.ConfigDict:
     c = base()
     c.model.update(path=model_path, dtype="bfloat16", param_dtype="float32", remat=True)
     c.mesh.update(data=1, fsdp=-1, tensor=1)  # all devices on fsdp (bench/aot_memory.py)
-    # Reward: GlotLID gate, MetricX-24 QE, MaskLID + bge-m3 (layer 24) alignment, alpha 20.
-    c.reward.server.update(qe="metricx", alpha=20.0, masklid=True, align=True, **PAPER_LID)
-    c.reward.server.qe_model = "google/metricx-24-hybrid-xl-v2p6"
-    c.reward.server.qe_tokenizer = "google/mt5-xl"
-    c.reward.server.align_model = "BAAI/bge-m3"
-    c.reward.server.align_layer = 24
+    # Reward: WALAR's published rule (scripts/serve_rm.sh): GlotLID top-1 gate, MetricX-24
+    # hybrid XXL (bf16) QE on 512 tokens, MaskLID over the 200 FLORES-200 labels picking
+    # the words bge-m3 (layer 24) aligns, alpha 20, HanLP for Chinese (docs/reward.md).
+    # GlotLID is a fastText file: download cis-lmu/glotlid's model_v3.bin and point here.
+    c.reward.server.update(
+        rule="walar", qe="metricx", alpha=20.0, masklid=True, align=True, **PAPER_LID,
+        qe_model="google/metricx-24-hybrid-xxl-v2p6-bfloat16", qe_tokenizer="google/mt5-xl",
+        qe_max_length=512, masklid_labels="flores200", align_model="BAAI/bge-m3",
+        align_layer=24,
+        align_max_length=8192,  # bge-m3's limit, as WALAR (the tokenizer's model_max_length)
+        hanlp_model="COARSE_ELECTRA_SMALL_ZH")  # HanLP's coarse_electra_small_20220616
     # One <flores_code>.txt per language, or WALAR's JSONL (finished prompts in a field
     # named "input_key", parsed back into text and direction). Targets: WALAR's 45.
     c.data.update(paths=("data/walar_train",), input_key="input_key", extract="whole",

@@ -15,7 +15,8 @@ def get_config(arg: str | None = None):
     c.data.target_langs = ("fra_Latn", "deu_Latn", "spa_Latn", "swh_Latn")
     c.rollout.update(n=4, max_tokens=48, max_prompt_tokens=256, length_bucket=64)
     c.rollout.server.update(max_model_len=512, dtype="float32")
-    c.reward.server.update(qe="embed", align=True, masklid=True, device="cpu")
+    # the embedded default under WALAR's rule (the service's default, said here too)
+    c.reward.server.update(rule="walar", qe="embed", align=True, masklid=True, device="cpu")
     c.rollout_batch_prompts = 4
     c.train_batch_size = 16
     c.micro_batch_size = 8

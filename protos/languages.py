@@ -144,3 +144,112 @@ METRICX_SUPPORTED: frozenset[str] = frozenset((
     "hau_Latn", "heb_Hebr", "jpn_Jpan", "khm_Khmr", "vie_Latn", "kor_Hang", "lao_Laoo",
     "tha_Thai", "khk_Cyrl",
 ))
+
+
+# ---------------------------------------------------------------------------------------
+# WALAR's language-identifier tables (the reward's language gate and MaskLID).
+#
+# WALAR maps the identifier's top-1 label to a language name (`lang_dict` of
+# openrlhf/openrlhf/cli/serve_rm.py for lid.176-style labels, then `long2lang` of
+# code/utils.py for GlotLID labels) and compares it with the target's name in the prompt.
+# Here each label maps to the FLORES-200 code of the language so named, which gives the
+# same decisions (each WALAR name denotes one language), except where WALAR's own names
+# disagree with its prompts. Those accidents are fixed here and listed in docs/reward.md:
+# GlotLID `tgl_Latn` is WALAR's "Tagalog" while its prompts say "Filipino" (always
+# penalised); lid.176 `ku` is its "Sorani Kurdish", a name no prompt uses, and lid.176's
+# `ckb` (Sorani) has no entry. Chinese labels also name Traditional Chinese, which WALAR's
+# tables leave without any label (see reward/languages.py).
+
+# lid.176 labels (`__label__xx`) -> FLORES-200 code.
+WALAR_LID176_LABELS: dict[str, str] = {
+    "af": "afr_Latn", "am": "amh_Ethi", "ar": "arb_Arab", "hy": "hye_Armn", "as": "asm_Beng",
+    "ast": "ast_Latn", "az": "azj_Latn", "be": "bel_Cyrl", "bn": "ben_Beng", "bs": "bos_Latn",
+    "bg": "bul_Cyrl", "my": "mya_Mymr", "ca": "cat_Latn", "ceb": "ceb_Latn", "zh": "zho_Hans",
+    "zho": "zho_Hans", "hr": "hrv_Latn", "cs": "ces_Latn", "da": "dan_Latn", "nl": "nld_Latn",
+    "en": "eng_Latn", "et": "ekk_Latn", "tl": "tgl_Latn", "fi": "fin_Latn", "fr": "fra_Latn",
+    "ff": "fuv_Latn", "gl": "glg_Latn", "lg": "lug_Latn", "ka": "kat_Geor", "de": "deu_Latn",
+    "el": "ell_Grek", "gu": "guj_Gujr", "ha": "hau_Latn", "he": "heb_Hebr", "hi": "hin_Deva",
+    "hu": "hun_Latn", "is": "isl_Latn", "ig": "ibo_Latn", "id": "ind_Latn", "ga": "gle_Latn",
+    "it": "ita_Latn", "ja": "jpn_Jpan", "jv": "jav_Latn", "kea": "kea_Latn", "kam": "kam_Latn",
+    "kn": "kan_Knda", "kk": "kaz_Cyrl", "km": "khm_Khmr", "ko": "kor_Hang", "ky": "kir_Cyrl",
+    "lo": "lao_Laoo", "lv": "lvs_Latn", "ln": "lin_Latn", "lt": "lit_Latn", "luo": "luo_Latn",
+    "lb": "ltz_Latn", "mk": "mkd_Cyrl", "ms": "zsm_Latn", "ml": "mal_Mlym", "mt": "mlt_Latn",
+    "mi": "mri_Latn", "mr": "mar_Deva", "mn": "khk_Cyrl", "ne": "npi_Deva", "ns": "nso_Latn",
+    "no": "nob_Latn", "ny": "nya_Latn", "oc": "oci_Latn", "or": "ory_Orya", "om": "gaz_Latn",
+    "ps": "pbt_Arab", "fa": "pes_Arab", "pl": "pol_Latn", "pt": "por_Latn", "pa": "pan_Guru",
+    "ro": "ron_Latn", "ru": "rus_Cyrl", "sr": "srp_Cyrl", "sn": "sna_Latn", "sd": "snd_Arab",
+    "sk": "slk_Latn", "sl": "slv_Latn", "so": "som_Latn", "ku": "kmr_Latn", "es": "spa_Latn",
+    "sw": "swh_Latn", "sv": "swe_Latn", "tg": "tgk_Cyrl", "ta": "tam_Taml", "te": "tel_Telu",
+    "th": "tha_Thai", "tr": "tur_Latn", "uk": "ukr_Cyrl", "umb": "umb_Latn", "ur": "urd_Arab",
+    "uz": "uzn_Latn", "vi": "vie_Latn", "cy": "cym_Latn", "wo": "wol_Latn", "xh": "xho_Latn",
+    "yo": "yor_Latn", "zu": "zul_Latn", "ckb": "ckb_Arab",
+}
+
+# GlotLID labels WALAR names that are their own language's FLORES-200 code.
+WALAR_GLOTLID_NAMED: frozenset[str] = frozenset((
+    "afr_Latn", "amh_Ethi", "arb_Arab", "asm_Beng", "ast_Latn", "azj_Latn", "bel_Cyrl",
+    "ben_Beng", "bos_Latn", "bul_Cyrl", "cat_Latn", "ceb_Latn", "ces_Latn", "ckb_Arab",
+    "cym_Latn", "dan_Latn", "deu_Latn", "ekk_Latn", "ell_Grek", "eng_Latn", "fin_Latn",
+    "fra_Latn", "fuv_Latn", "gaz_Latn", "gle_Latn", "glg_Latn", "guj_Gujr", "hau_Latn",
+    "heb_Hebr", "hin_Deva", "hrv_Latn", "hun_Latn", "hye_Armn", "ibo_Latn", "ind_Latn",
+    "isl_Latn", "ita_Latn", "jav_Latn", "jpn_Jpan", "kam_Latn", "kan_Knda", "kat_Geor",
+    "kaz_Cyrl", "kea_Latn", "khk_Cyrl", "khm_Khmr", "kir_Cyrl", "kor_Hang", "lao_Laoo",
+    "lin_Latn", "lit_Latn", "ltz_Latn", "lug_Latn", "luo_Latn", "lvs_Latn", "mal_Mlym",
+    "mar_Deva", "mkd_Cyrl", "mlt_Latn", "mri_Latn", "mya_Mymr", "nld_Latn", "nob_Latn",
+    "npi_Deva", "nso_Latn", "nya_Latn", "oci_Latn", "ory_Orya", "pan_Guru", "pbt_Arab",
+    "pol_Latn", "por_Latn", "ron_Latn", "rus_Cyrl", "slk_Latn", "slv_Latn", "sna_Latn",
+    "snd_Arab", "som_Latn", "spa_Latn", "srp_Cyrl", "swe_Latn", "swh_Latn", "tam_Taml",
+    "tel_Telu", "tgk_Cyrl", "tha_Thai", "tur_Latn", "ukr_Cyrl", "umb_Latn", "urd_Arab",
+    "uzn_Latn", "vie_Latn", "wol_Latn", "xho_Latn", "yor_Latn", "zsm_Latn", "zul_Latn",
+))
+# GlotLID labels WALAR names that are not the code this table uses for the language.
+WALAR_GLOTLID_ALIASES: dict[str, str] = {
+    "bur_Mymr": "mya_Mymr", "est_Latn": "ekk_Latn", "pus_Arab": "pbt_Arab",
+    "fas_Arab": "pes_Arab", "cmn_Hani": "zho_Hans", "fil_Latn": "tgl_Latn",
+    "tgl_Latn": "tgl_Latn",  # WALAR: "Tagalog", a name its prompts never use
+}
+
+# The 200 GlotLID labels of the FLORES-200 languages (`flores_glotlid` in serve_rm.py):
+# the only labels WALAR's MaskLID chooses from. The gate itself uses every label.
+WALAR_MASKLID_LABELS: tuple[str, ...] = (
+    "eng_Latn", "arb_Arab", "rus_Cyrl", "por_Latn", "pol_Latn", "ekk_Latn", "ell_Grek",
+    "slk_Latn", "slv_Latn", "nld_Latn", "lvs_Latn", "hun_Latn", "dan_Latn", "swe_Latn",
+    "lit_Latn", "fin_Latn", "mlt_Latn", "cmn_Hani", "nob_Latn", "kor_Hang", "ind_Latn",
+    "uzn_Latn", "fil_Latn", "ukr_Cyrl", "hin_Deva", "hin_Latn", "afr_Latn", "mar_Deva",
+    "ceb_Latn", "ilo_Latn", "zul_Latn", "heb_Hebr", "xho_Latn", "vie_Latn", "jpn_Jpan",
+    "guj_Gujr", "hrv_Latn", "tur_Latn", "nya_Latn", "tsn_Latn", "sna_Latn", "tso_Latn",
+    "tha_Thai", "spa_Latn", "deu_Latn", "eus_Latn", "bul_Cyrl", "amh_Ethi", "fra_Latn",
+    "ewe_Latn", "mkd_Cyrl", "nso_Latn", "tam_Taml", "lin_Latn", "twi_Latn", "yor_Latn",
+    "als_Latn", "ibo_Latn", "ben_Beng", "ita_Latn", "tpi_Latn", "azj_Latn", "run_Latn",
+    "mya_Mymr", "kin_Latn", "ron_Latn", "ces_Latn", "kat_Geor", "urd_Arab", "zsm_Latn",
+    "pap_Latn", "bem_Latn", "mal_Mlym", "kir_Cyrl", "hye_Armn", "smo_Latn", "sin_Sinh",
+    "fij_Latn", "kan_Knda", "pan_Guru", "hau_Latn", "epo_Latn", "gaz_Latn", "tir_Ethi",
+    "bos_Latn", "srp_Cyrl", "hat_Latn", "pag_Latn", "lua_Latn", "war_Latn", "tel_Telu",
+    "tat_Cyrl", "sag_Latn", "lug_Latn", "tum_Latn", "swh_Latn", "umb_Latn", "som_Latn",
+    "gle_Latn", "kng_Latn", "mos_Latn", "lus_Latn", "khk_Cyrl", "asm_Beng", "tuk_Latn",
+    "quy_Latn", "ayr_Latn", "luo_Latn", "tgk_Cyrl", "cat_Latn", "ssw_Latn", "nno_Latn",
+    "cym_Latn", "kik_Latn", "kmb_Latn", "ory_Orya", "bel_Cyrl", "bho_Deva", "apc_Arab",
+    "bak_Cyrl", "jav_Latn", "yue_Hani", "pbt_Arab", "khm_Khmr", "npi_Deva", "npi_Latn",
+    "gug_Latn", "uig_Arab", "fur_Latn", "kbp_Latn", "hne_Deva", "kam_Latn", "gla_Latn",
+    "kab_Latn", "arz_Arab", "kaz_Cyrl", "mri_Latn", "lim_Latn", "srd_Latn", "sun_Latn",
+    "plt_Latn", "mni_Beng", "isl_Latn", "vec_Latn", "glg_Latn", "scn_Latn", "fao_Latn",
+    "san_Deva", "ltz_Latn", "cjk_Latn", "ast_Latn", "lmo_Latn", "szl_Latn", "oci_Latn",
+    "fon_Latn", "min_Latn", "wol_Latn", "lij_Latn", "ajp_Arab", "snd_Arab", "dik_Latn",
+    "ary_Arab", "lao_Laoo", "ars_Arab", "bjn_Latn", "shn_Mymr", "crh_Latn", "aeb_Arab",
+    "ace_Latn", "ckb_Arab", "dyu_Latn", "ltg_Latn", "kmr_Latn", "ban_Latn", "mai_Deva",
+    "fuv_Latn", "kac_Latn", "taq_Latn", "bam_Latn", "sat_Olck", "tzm_Tfng", "bug_Latn",
+    "dzo_Tibt", "kas_Deva", "fas_Arab", "nus_Latn", "knc_Latn", "mag_Deva", "taq_Tfng",
+    "kas_Arab", "knc_Arab", "bjn_Arab", "ace_Arab", "kea_Latn", "awa_Deva", "acm_Arab",
+    "bod_Tibt", "sot_Latn", "ydd_Hebr", "azb_Arab",
+)
+
+
+def walar_label_code(label: str) -> str | None:
+    """The FLORES-200 code of the language WALAR's tables name for an identifier label
+    (`__label__` prefix optional), or None: WALAR gives that label no language."""
+    raw = label.removeprefix("__label__")
+    if raw in WALAR_GLOTLID_ALIASES:
+        return WALAR_GLOTLID_ALIASES[raw]
+    if raw in WALAR_GLOTLID_NAMED:
+        return raw
+    return WALAR_LID176_LABELS.get(raw)

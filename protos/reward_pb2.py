@@ -14,29 +14,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/reward.proto\x12\x0cwalar.reward\"t\n\x04Item\x12\x0e\n\x06source\x18\x01 \x01(\x0c\x12\x12\n\nhypothesis\x18\x02 \x01(\x0c\x12\x10\n\x08src_lang\x18\x03 \x01(\t\x12\x10\n\x08tgt_lang\x18\x04 \x01(\t\x12\x16\n\treference\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x42\x0c\n\n_reference\"1\n\x0cScoreRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.walar.reward.Item\"\xf6\x01\n\nItemResult\x12\x0e\n\x06reward\x18\x01 \x01(\x01\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.walar.reward.ItemStatus\x12\x15\n\rstatus_detail\x18\x03 \x01(\t\x12\x13\n\x0blanguage_ok\x18\x04 \x01(\x08\x12\x15\n\rdetected_lang\x18\x05 \x01(\t\x12\x14\n\x0cgate_skipped\x18\x06 \x01(\x08\x12\x0f\n\x02qe\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x61lign_f1\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x11masked_hypothesis\x18\t \x01(\tB\x05\n\x03_qeB\x0b\n\t_align_f1\"\x92\x01\n\x0c\x42\x61tchMetrics\x12\x0f\n\x07n_items\x18\x01 \x01(\x05\x12\x0f\n\x07mean_qe\x18\x02 \x01(\x01\x12\x1c\n\x14gate_penalised_share\x18\x03 \x01(\x01\x12\x15\n\rmean_align_f1\x18\x04 \x01(\x01\x12\x13\n\x0bn_bad_items\x18\x05 \x01(\x05\x12\x16\n\x0en_gate_skipped\x18\x06 \x01(\x05\"g\n\rScoreResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.walar.reward.ItemResult\x12+\n\x07metrics\x18\x02 \x01(\x0b\x32\x1a.walar.reward.BatchMetrics\"\x0f\n\rHealthRequest\"\x89\x01\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x12\n\nqe_backend\x18\x02 \x01(\t\x12\x12\n\nlid_labels\x18\x03 \x01(\t\x12\r\n\x05\x61lign\x18\x04 \x01(\x08\x12\x0f\n\x07masklid\x18\x05 \x01(\x08\x12\x0f\n\x07penalty\x18\x06 \x01(\x01\x12\r\n\x05\x61lpha\x18\x07 \x01(\x01*q\n\nItemStatus\x12\x1b\n\x17ITEM_STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x0e\n\nEMPTY_TEXT\x10\x02\x12\x10\n\x0cINVALID_TEXT\x10\x03\x12\x0c\n\x08TOO_LONG\x10\x04\x12\x0e\n\nITEM_ERROR\x10\x05\x32\x8f\x01\n\x06Reward\x12@\n\x05Score\x12\x1a.walar.reward.ScoreRequest\x1a\x1b.walar.reward.ScoreResponse\x12\x43\n\x06Health\x12\x1b.walar.reward.HealthRequest\x1a\x1c.walar.reward.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/reward.proto\x12\x0cwalar.reward\"t\n\x04Item\x12\x0e\n\x06source\x18\x01 \x01(\x0c\x12\x12\n\nhypothesis\x18\x02 \x01(\x0c\x12\x10\n\x08src_lang\x18\x03 \x01(\t\x12\x10\n\x08tgt_lang\x18\x04 \x01(\t\x12\x16\n\treference\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x42\x0c\n\n_reference\"1\n\x0cScoreRequest\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.walar.reward.Item\"\xb9\x02\n\nItemResult\x12\x0e\n\x06reward\x18\x01 \x01(\x01\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.walar.reward.ItemStatus\x12\x15\n\rstatus_detail\x18\x03 \x01(\t\x12\x13\n\x0blanguage_ok\x18\x04 \x01(\x08\x12\x15\n\rdetected_lang\x18\x05 \x01(\t\x12\x14\n\x0cgate_skipped\x18\x06 \x01(\x08\x12\x0f\n\x02qe\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x61lign_f1\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x11masked_hypothesis\x18\t \x01(\t\x12\x1a\n\rmasklid_share\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x13\n\x0b\x61lign_bonus\x18\x0b \x01(\x08\x42\x05\n\x03_qeB\x0b\n\t_align_f1B\x10\n\x0e_masklid_share\"\xe5\x01\n\x0c\x42\x61tchMetrics\x12\x0f\n\x07n_items\x18\x01 \x01(\x05\x12\x0f\n\x07mean_qe\x18\x02 \x01(\x01\x12\x1c\n\x14gate_penalised_share\x18\x03 \x01(\x01\x12\x15\n\rmean_align_f1\x18\x04 \x01(\x01\x12\x13\n\x0bn_bad_items\x18\x05 \x01(\x05\x12\x16\n\x0en_gate_skipped\x18\x06 \x01(\x05\x12\x0c\n\x04n_qe\x18\x07 \x01(\x05\x12\x12\n\nn_align_f1\x18\x08 \x01(\x05\x12\x15\n\rn_align_bonus\x18\t \x01(\x05\x12\x18\n\x10n_jieba_fallback\x18\n \x01(\x05\"g\n\rScoreResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.walar.reward.ItemResult\x12+\n\x07metrics\x18\x02 \x01(\x0b\x32\x1a.walar.reward.BatchMetrics\"\x0f\n\rHealthRequest\"\xb4\x02\n\x0eHealthResponse\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x12\n\nqe_backend\x18\x02 \x01(\t\x12\x12\n\nlid_labels\x18\x03 \x01(\t\x12\r\n\x05\x61lign\x18\x04 \x01(\x08\x12\x0f\n\x07masklid\x18\x05 \x01(\x08\x12\x0f\n\x07penalty\x18\x06 \x01(\x01\x12\r\n\x05\x61lpha\x18\x07 \x01(\x01\x12\x0c\n\x04rule\x18\x08 \x01(\t\x12\x13\n\x0blabel_match\x18\t \x01(\t\x12\x0f\n\x07segment\x18\n \x01(\t\x12\x19\n\x11masklid_min_share\x18\x0b \x01(\x01\x12\x16\n\x0emasklid_labels\x18\x0c \x01(\x05\x12\x19\n\x11\x63hinese_segmenter\x18\r \x01(\t\x12\x15\n\rqe_max_length\x18\x0e \x01(\x05\x12\x10\n\x08warnings\x18\x0f \x03(\t*q\n\nItemStatus\x12\x1b\n\x17ITEM_STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x0e\n\nEMPTY_TEXT\x10\x02\x12\x10\n\x0cINVALID_TEXT\x10\x03\x12\x0c\n\x08TOO_LONG\x10\x04\x12\x0e\n\nITEM_ERROR\x10\x05\x32\x8f\x01\n\x06Reward\x12@\n\x05Score\x12\x1a.walar.reward.ScoreRequest\x1a\x1b.walar.reward.ScoreResponse\x12\x43\n\x06Health\x12\x1b.walar.reward.HealthRequest\x1a\x1c.walar.reward.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.reward_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_ITEMSTATUS']._serialized_start=866
-  _globals['_ITEMSTATUS']._serialized_end=979
+  _globals['_ITEMSTATUS']._serialized_start=1187
+  _globals['_ITEMSTATUS']._serialized_end=1300
   _globals['_ITEM']._serialized_start=37
   _globals['_ITEM']._serialized_end=153
   _globals['_SCOREREQUEST']._serialized_start=155
   _globals['_SCOREREQUEST']._serialized_end=204
   _globals['_ITEMRESULT']._serialized_start=207
-  _globals['_ITEMRESULT']._serialized_end=453
-  _globals['_BATCHMETRICS']._serialized_start=456
-  _globals['_BATCHMETRICS']._serialized_end=602
-  _globals['_SCORERESPONSE']._serialized_start=604
-  _globals['_SCORERESPONSE']._serialized_end=707
-  _globals['_HEALTHREQUEST']._serialized_start=709
-  _globals['_HEALTHREQUEST']._serialized_end=724
-  _globals['_HEALTHRESPONSE']._serialized_start=727
-  _globals['_HEALTHRESPONSE']._serialized_end=864
-  _globals['_REWARD']._serialized_start=982
-  _globals['_REWARD']._serialized_end=1125
+  _globals['_ITEMRESULT']._serialized_end=520
+  _globals['_BATCHMETRICS']._serialized_start=523
+  _globals['_BATCHMETRICS']._serialized_end=752
+  _globals['_SCORERESPONSE']._serialized_start=754
+  _globals['_SCORERESPONSE']._serialized_end=857
+  _globals['_HEALTHREQUEST']._serialized_start=859
+  _globals['_HEALTHREQUEST']._serialized_end=874
+  _globals['_HEALTHRESPONSE']._serialized_start=877
+  _globals['_HEALTHRESPONSE']._serialized_end=1185
+  _globals['_REWARD']._serialized_start=1303
+  _globals['_REWARD']._serialized_end=1446
 # @@protoc_insertion_point(module_scope)

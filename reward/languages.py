@@ -2,10 +2,12 @@
 
 Accepts FLORES-200 codes (`swh_Latn`), ISO 639-1/3 codes (`sw`, `swh`, `swa`) and English
 names (`Swahili`), and reads the labels of both fastText identifiers: GlotLID
-(`__label__swh_Latn`) and lid.176 (`__label__sw`). Languages are compared by their
-macrolanguage group (ISO 639-3 individual codes such as `cmn`, `arb`, `swh` belong to `zho`,
-`ara`, `swa`) and script, because identifiers and datasets disagree on which of the two
-codes they use.
+(`__label__swh_Latn`) and lid.176 (`__label__sw`). Whether a label names a target is
+decided one of two ways (`LabelMatcher`):
+- `walar`: WALAR's own label tables (protos/languages.py), with their accidents fixed;
+- `group`: by macrolanguage group (ISO 639-3 individual codes such as `cmn`, `arb`, `swh`
+  belong to `zho`, `ara`, `swa`) and script, because identifiers and datasets disagree on
+  which of the two codes they use.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import dataclasses
 import functools
 import re
 
-from protos.languages import Language, languages
+from protos.languages import Language, languages, walar_label_code
 
 # Macrolanguage -> individual languages that identifiers use interchangeably with it.
 MACRO_GROUPS: dict[str, tuple[str, ...]] = {
@@ -125,6 +127,37 @@ def parse_label(label: str) -> LabelKey:
     return LabelKey(group_of(lang.iso3), script, display)
 
 
-def covers(labels: list[LabelKey], lang: Language) -> bool:
-    """Whether an identifier with these labels can name `lang` at all."""
-    return any(key.matches(lang) for key in labels)
+
+# WALAR names Chinese labels "Chinese", its prompt name for Simplified Chinese only, so a
+# Traditional Chinese target could never pass; an identifier label for Chinese (GlotLID
+# `cmn_Hani`, lid.176 `zh`) is script-agnostic, so it names both.
+_HAN_CODES = frozenset({"zho_Hans", "zho_Hant"})
+LABEL_MATCH_MODES = ("walar", "group")
+
+
+class LabelMatcher:
+    """Decides whether an identifier label names a target language (`walar` or `group`,
+    see the module docstring) and how the label is reported."""
+
+    def __init__(self, mode: str = "walar"):
+        if mode not in LABEL_MATCH_MODES:
+            raise ValueError(f"unknown label match {mode!r}: use one of {LABEL_MATCH_MODES}")
+        self.mode = mode
+        self._walar = functools.lru_cache(maxsize=None)(walar_label_code)
+        self._group = functools.lru_cache(maxsize=None)(parse_label)
+
+    def matches(self, label: str, lang: Language) -> bool:
+        if self.mode == "group":
+            return self._group(label).matches(lang)
+        code = self._walar(label)
+        return code == lang.code or (code in _HAN_CODES and lang.code in _HAN_CODES)
+
+    def display(self, label: str) -> str:
+        """The FLORES-200 code the label stands for, else the raw label."""
+        if self.mode == "group":
+            return self._group(label).display
+        return self._walar(label) or label.removeprefix("__label__")
+
+    def can_label(self, labels: list[str], lang: Language) -> bool:
+        """Whether any of `labels` names `lang`."""
+        return any(self.matches(label, lang) for label in labels)

@@ -19,10 +19,11 @@ import dataclasses
 import logging
 import re
 import string
+from collections.abc import Sequence
 
 import numpy as np
 
-from reward.languages import Language, LabelKey, covers, parse_label
+from reward.languages import Language, LabelMatcher
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,10 @@ class MaskLIDParams:
 
 
 class FastTextLID:
-    """A fastText identifier with GlotLID (`eng_Latn`) or lid.176 (`en`) labels."""
+    """A fastText identifier with GlotLID (`eng_Latn`) or lid.176 (`en`) labels. The gate
+    uses every label, as WALAR's does; MaskLID may be restricted to fewer."""
 
-    def __init__(self, path: str, labels: str = "auto", languages: list[str] | None = None):
+    def __init__(self, path: str, labels: str = "auto"):
         import fasttext
 
         fasttext.FastText.eprint = lambda *a, **k: None  # silence the load_model warning
@@ -59,14 +61,6 @@ class FastTextLID:
             raise ValueError(f"--lid_labels {labels} does not fit {path}: its labels are {style}")
         self.style = style
         self.raw_labels = list(raw)
-        self.keys = [parse_label(r) for r in raw]
-        # Restricting candidates (WALAR keeps its 46 FLORES languages) as MaskLID does:
-        # softmax over all labels, then only the chosen ones compete.
-        keep = set(languages or [])
-        self.index = [i for i, r in enumerate(raw)
-                      if not keep or r.removeprefix("__label__") in keep]
-        if not self.index:
-            raise ValueError(f"none of the languages {sorted(keep)} is a label of {path}")
         self.loss = str(self.model.f.getArgs().loss).rsplit(".", 1)[-1]  # softmax, hs, ova, ns
         self.quantized = bool(self.model.f.isQuant())
         self.input_matrix = self.output_matrix = None
@@ -95,25 +89,12 @@ class FastTextLID:
             return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         return _log_sigmoid(z)  # one-vs-all / negative sampling: independent sigmoids
 
-    def can_label(self, lang: Language) -> bool:
-        return covers([self.keys[i] for i in self.index], lang)
-
-    def predict(self, texts: list[str]) -> list[tuple[LabelKey, float]]:
-        """Top-1 label and probability per text (newlines would end fastText's line)."""
-        clean = [t.replace("\n", " ") for t in texts]
-        if len(self.index) == len(self.raw_labels):
-            labels, probs = self.model.predict(clean, k=1)
-            pos = {r: i for i, r in enumerate(self.raw_labels)}
-            return [(self.keys[pos[lab[0]]], float(p[0])) for lab, p in zip(labels, probs)]
-        return [self._predict_restricted(t) for t in clean]
-
-    def _predict_restricted(self, text: str) -> tuple[LabelKey, float]:
-        labels, probs = self.model.predict(text, k=len(self.raw_labels))
-        allowed = {self.raw_labels[i] for i in self.index}
-        for lab, p in zip(labels, probs):
-            if lab in allowed:
-                return parse_label(lab), float(p)
-        raise AssertionError("unreachable: index is non-empty")
+    def predict(self, texts: list[str]) -> list[tuple[str, float]]:
+        """Top-1 raw label (`__label__xx`) and probability per text, over every label.
+        fastText reads one line: a newline would end the text early, so it becomes a space
+        (the scorer has already deleted newlines, as WALAR does)."""
+        labels, probs = self.model.predict([t.replace("\n", " ") for t in texts], k=1)
+        return [(lab[0], float(p[0])) for lab, p in zip(labels, probs)]
 
 
 class MaskLID:
@@ -122,42 +103,64 @@ class MaskLID:
     recovered exactly from sentence vectors (see `_recovered_word_vectors`). Only a model
     quantized with -qout falls back to ranking labels with per-word predictions."""
 
-    def __init__(self, lid: FastTextLID, params: MaskLIDParams = MaskLIDParams()):
+    def __init__(self, lid: FastTextLID, params: MaskLIDParams = MaskLIDParams(), *,
+                 labels: Sequence[str] | None = None, matcher: LabelMatcher | None = None):
+        """`labels`: the only labels MaskLID may choose from (WALAR: the 200 FLORES-200
+        GlotLID labels); ones the model lacks are ignored, as WALAR's MaskLID does.
+        None: every label. `matcher` decides which labels name the target."""
         self.lid = lid
         self.params = params
+        self.matcher = matcher or LabelMatcher("walar")
         self.exact = lid.output_matrix is not None
-        self._keys = [lid.keys[i] for i in lid.index]
+        if labels is None:
+            self.index = list(range(len(lid.raw_labels)))
+        else:
+            keep = {f"__label__{lab.removeprefix('__label__')}" for lab in labels}
+            self.index = [i for i, r in enumerate(lid.raw_labels) if r in keep]
+            if not self.index:
+                raise ValueError(f"none of the {len(keep)} MaskLID labels is a label of "
+                                 f"{lid.path}")
+        self.labels = [lid.raw_labels[i] for i in self.index]
+        self._target_labels: dict[str, list[int]] = {}
+
+    def target_labels(self, target: Language) -> list[int]:
+        """Positions (in `labels`) of the labels that name `target`."""
+        if target.code not in self._target_labels:
+            self._target_labels[target.code] = [
+                j for j, lab in enumerate(self.labels) if self.matcher.matches(lab, target)]
+        return self._target_labels[target.code]
 
     @staticmethod
     def normalise(text: str) -> str:
         return re.sub(r"\s+", " ", text.translate(_NORMALISE)).strip()
 
     def _sentence_top(self, text: str) -> tuple[int, float]:
-        """(position in lid.index, probability) of the top allowed label for `text`."""
+        """(position in `labels`, probability) of the top allowed label for `text`: the
+        probability over every label, the choice among the allowed ones (as MaskLID)."""
         lid = self.lid
         if self.exact:
             probs = np.exp(lid.label_log_probs(lid.model.get_sentence_vector(text)[None])[0])
-            probs = probs[lid.index]
+            probs = probs[self.index]
             best = int(np.argmax(probs))
             return best, float(probs[best])
         labels, probs = lid.model.predict(text, k=len(lid.raw_labels))
-        pos = {lid.raw_labels[i]: j for j, i in enumerate(lid.index)}
+        pos = {lid.raw_labels[i]: j for j, i in enumerate(self.index)}
         return next((pos[lab], float(p)) for lab, p in zip(labels, probs) if lab in pos)
 
     def word_ranks(self, words: list[str]) -> np.ndarray:
         """rank[w, j]: where allowed label j stands in word w's own ordering (0 = top)."""
         lid = self.lid
-        n_labels = len(lid.index)
+        n_labels = len(self.index)
         if self.exact:
             vectors = (self._word_vectors(words) if lid.input_matrix is not None
                        else self._recovered_word_vectors(words))
             # Softmax logits and log-probabilities rank labels identically; under
             # hierarchical softmax (lid.176) only the log-probabilities mean anything.
-            scores = lid.label_log_probs(vectors)[:, lid.index]
+            scores = lid.label_log_probs(vectors)[:, self.index]
             order = np.argsort(-scores, axis=1, kind="stable")
         else:
             labels, _ = lid.model.predict(words, k=len(lid.raw_labels))
-            pos = {lid.raw_labels[i]: j for j, i in enumerate(lid.index)}
+            pos = {lid.raw_labels[i]: j for j, i in enumerate(self.index)}
             order = np.array([_full_order([pos[lab] for lab in row if lab in pos], n_labels)
                               for row in labels])
         ranks = np.empty((len(words), n_labels), dtype=np.int64)
@@ -194,14 +197,17 @@ class MaskLID:
     def split(self, text: str) -> tuple[list[str], dict[int, list[int]]]:
         """The words of `text` and, per allowed label position, the indices of its words.
 
-        Follows the reference implementation step by step, including that words removed
-        in a rejected round stay removed (only the text to predict on is restored).
+        Follows the reference implementation (WALAR's code/masklid.py) step by step: the
+        words come from the normalised text (digits and `_:•#{|}` become spaces), while
+        the first round predicts the language of the text as given; later rounds predict
+        on the remaining words joined by spaces. Words removed in a rejected round stay
+        removed (only the text to predict on is restored).
         """
         p = self.params
-        text = self.normalise(text)
-        words = [w for w in self.lid.model.get_line(text)[0] if w != "</s>"]
+        words = [w for w in self.lid.model.get_line(self.normalise(text))[0] if w != "</s>"]
         if not words:
             return words, {}
+        text = text.replace("\n", " ")  # fastText reads one line (the scorer has none left)
         ranks = self.word_ranks(words)
         beta, alpha = p.beta, p.alpha
         remaining = list(range(len(words)))
@@ -235,8 +241,8 @@ class MaskLID:
         words, parts = self.split(text)
         if not words:
             return "", 0.0
-        kept = sorted({w for label, ids in parts.items() if self._keys[label].matches(target)
-                       for w in ids})
+        mine = set(self.target_labels(target))
+        kept = sorted({w for label, ids in parts.items() if label in mine for w in ids})
         total = sum(len(w) for w in words)
         return " ".join(words[w] for w in kept), sum(len(words[w]) for w in kept) / total
 

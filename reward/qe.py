@@ -7,7 +7,8 @@
   reference and reference mode with one.
 - embed: cosine similarity of sentence-transformers embeddings of source and hypothesis.
 
-All batch by length-sorted micro-batches and use the GPU when there is one.
+All batch by length-sorted micro-batches and use the GPU when there is one. The penalty
+that goes with each backend is defined once, in reward/scorer.py (QE_PENALTIES).
 """
 
 from __future__ import annotations
@@ -49,10 +50,9 @@ def _sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 class MetricXQE:
     name = "metricx"
-    penalty = -25.0
 
     def __init__(self, model: str, tokenizer: str, *, device: str = "auto",
-                 max_length: int = 1536, batch_size: int = 16):
+                 max_length: int = 512, batch_size: int = 16):
         self.device = pick_device(device)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -90,7 +90,6 @@ class MetricXQE:
 
 class CometQE:
     name = "comet"
-    penalty = 0.0
 
     def __init__(self, model: str, *, device: str = "auto", batch_size: int = 16):
         from comet import download_model, load_from_checkpoint
@@ -124,7 +123,6 @@ class CometQE:
 
 class EmbedQE:
     name = "embed"
-    penalty = 0.0
 
     def __init__(self, model: str, *, device: str = "auto", batch_size: int = 64):
         from sentence_transformers import SentenceTransformer

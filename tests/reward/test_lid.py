@@ -1,7 +1,11 @@
+import re
+import string
+
 import numpy as np
 import pytest
 
-from reward.languages import resolve
+from protos.languages import WALAR_MASKLID_LABELS
+from reward.languages import LabelMatcher, resolve
 from reward.lid import MaskLID, MaskLIDParams
 from tiny_models import flores_codes, flores_lines
 
@@ -17,17 +21,21 @@ def _code_mixed(n: int, first: str = "fra_Latn", second: str = "eng_Latn"):
 
 def test_glotlid_style_model_identifies_flores_devtest(glotlid):
     assert glotlid.style == "glotlid" and not glotlid.quantized
+    assert "__label__cmn_Hani" in glotlid.raw_labels  # GlotLID's label for Chinese
+    walar = LabelMatcher("walar")
     codes = flores_codes("devtest")
-    hits = [key.display == code for code in codes
-            for key, _ in glotlid.predict(flores_lines("devtest", code, 20))]
+    hits = [walar.display(label) == code for code in codes
+            for label, _ in glotlid.predict(flores_lines("devtest", code, 20))]
     assert np.mean(hits) > 0.95
 
 
 def test_lid176_is_quantized_and_cannot_label_wolof(lid176):
     assert lid176.style == "lid176" and lid176.quantized and lid176.loss == "hs"
-    assert lid176.can_label(resolve("swh_Latn")) and not lid176.can_label(resolve("wol_Latn"))
-    (key, prob), = lid176.predict(["Le chat est assis sur le tapis\net il dort."])
-    assert key.display == "fra_Latn" and prob > 0.5
+    walar = LabelMatcher("walar")
+    assert walar.can_label(lid176.raw_labels, resolve("swh_Latn"))
+    assert not walar.can_label(lid176.raw_labels, resolve("wol_Latn"))
+    (label, prob), = lid176.predict(["Le chat est assis sur le tapis\net il dort."])
+    assert label == "__label__fr" and walar.display(label) == "fra_Latn" and prob > 0.5
 
 
 def test_label_style_flag_is_checked(glotlid_path):
@@ -48,29 +56,40 @@ def test_masklid_word_logits_and_sentence_softmax_are_exact(glotlid):
         vec = sum(glotlid.model.get_input_vector(i) for i in glotlid.model.get_subwords(word)[1])
         order = np.argsort(-(out @ vec), kind="stable")
         assert list(np.argsort(ranks[w])) == list(order)
-    text = m.normalise(flores_lines("devtest", "deu_Latn", 1)[0])
+    text = flores_lines("devtest", "deu_Latn", 1)[0]
     top, prob = m._sentence_top(text)
     labels, probs = glotlid.model.predict(text, k=1)
     # fastText's predict reports exp(log(p + 1e-5)): equal up to that offset.
-    assert glotlid.raw_labels[top] == labels[0] and prob == pytest.approx(probs[0], abs=1.1e-5)
+    assert m.labels[top] == labels[0] and prob == pytest.approx(probs[0], abs=1.1e-5)
 
 
-def _reference_masklid(model, text: str, p: MaskLIDParams) -> dict[str, list[int]]:
-    """The published algorithm in its plain dict form (one word at a time), as an oracle."""
+_DIGITS_AND_MARKS = {ord(c): " " for c in "\n_:\u2022#{|}" + string.digits}
+
+
+def _reference_masklid(model, text: str, p: MaskLIDParams,
+                       languages: list[str] | None = None) -> dict[str, list[int]]:
+    """The published algorithm (WALAR's code/masklid.py) in its plain dict form, one word
+    at a time, as an oracle. It receives the text as the scorer does (raw): the words come
+    from the normalised text, the first prediction is made on the raw text; labels are
+    ranked among `languages` after a softmax over all of them."""
     labels = model.get_labels()
+    keep = [j for j, lab in enumerate(labels) if languages is None or lab in languages]
     out_m = model.get_output_matrix()
 
     def top(t):
         logits = out_m @ model.get_sentence_vector(t)
         e = np.exp(logits - logits.max())
         e /= e.sum()
-        return labels[int(np.argmax(e))], float(e.max())
+        best = max(keep, key=lambda j: e[j])
+        return labels[best], float(e[best])
 
-    words = [w for w in model.get_line(text)[0] if w != "</s>"]
+    normalised = re.sub(r"\s+", " ", text.translate(_DIGITS_AND_MARKS)).strip()
+    words = [w for w in model.get_line(normalised)[0] if w != "</s>"]
     order = {}
     for i, w in enumerate(words):
         vec = sum(model.get_input_vector(s) for s in model.get_subwords(w)[1])
-        order[i] = [labels[j] for j in np.argsort(-(out_m @ vec), kind="stable")]
+        logits = out_m @ vec
+        order[i] = [labels[j] for j in sorted(keep, key=lambda j: -logits[j])]
     beta, alpha, index, retry, info = p.beta, p.alpha, 0, 0, {}
     while index < p.max_lambda and retry < p.max_retry:
         label, _ = top(text)
@@ -93,14 +112,51 @@ def _reference_masklid(model, text: str, p: MaskLIDParams) -> dict[str, list[int
     return {k: sorted(v) for k, v in info.items()}
 
 
+def _labelled(m: MaskLID, parts: dict[int, list[int]]) -> dict[str, list[int]]:
+    return {m.labels[k]: v for k, v in parts.items()}
+
+
 @pytest.mark.parametrize("params", [MaskLIDParams(), MaskLIDParams(beta=3, alpha=1)])
-def test_masklid_matches_the_reference_algorithm(glotlid, params):
+def test_masklid_matches_the_reference_algorithm_on_raw_text(glotlid, params):
     m = MaskLID(glotlid, params)
     for fr, en in _code_mixed(15):
-        text = m.normalise(" ".join(fr + en))
+        text = " ".join(fr + en) + " (2024: #3)"  # digits and marks the words lose
         words, parts = m.split(text)
-        got = {glotlid.raw_labels[glotlid.index[k]]: v for k, v in parts.items()}
-        assert got == _reference_masklid(glotlid.model, text, params), text
+        assert _labelled(m, parts) == _reference_masklid(glotlid.model, text, params), text
+
+
+def test_masklid_restricted_labels_match_the_reference(glotlid):
+    """Softmax over every label, choice among the allowed ones; missing labels ignored."""
+    allowed = ["__label__fra_Latn", "__label__eng_Latn", "__label__deu_Latn"]
+    m = MaskLID(glotlid, MaskLIDParams(beta=2, alpha=1), labels=allowed + ["xyz_Latn"])
+    assert m.labels == sorted(allowed, key=glotlid.raw_labels.index)
+    for fr, en in _code_mixed(10):
+        text = " ".join(fr + en)
+        words, parts = m.split(text)
+        assert _labelled(m, parts) == _reference_masklid(
+            glotlid.model, text, MaskLIDParams(beta=2, alpha=1), allowed), text
+    with pytest.raises(ValueError, match="none of the 1 MaskLID labels"):
+        MaskLID(glotlid, labels=["__label__xyz_Latn"])
+    # WALAR's 200 FLORES-200 GlotLID labels cover every label of this 26-language model
+    assert len(MaskLID(glotlid, labels=WALAR_MASKLID_LABELS).labels) == 26
+
+
+def test_masklid_words_come_from_normalised_text_and_first_prediction_from_raw(glotlid):
+    """As in WALAR's code/masklid.py. The text: French words, then a Swahili sentence
+    joined by underscores (one token as given, separate words once normalised), so the
+    two readings differ both in their words and in their first-round language."""
+    fra, swh = flores_lines("devtest", "fra_Latn", 1)[0], flores_lines("devtest", "swh_Latn", 1)[0]
+    raw = " ".join(fra.split()[:20]) + " " + "_".join(swh.split())
+    normalised = MaskLID.normalise(raw)
+    m = MaskLID(glotlid)
+    assert m._sentence_top(raw)[0] != m._sentence_top(normalised)[0]  # precondition
+    words, parts = m.split(raw)
+    assert words == normalised.split() != raw.split()  # fails if words came from raw text
+    expected = _reference_masklid(glotlid.model, raw, MaskLIDParams())
+    assert _labelled(m, parts) == expected
+    # ...and the published algorithm started on the normalised text gives another answer,
+    # so this would fail if MaskLID predicted on the normalised text first.
+    assert expected != _reference_masklid(glotlid.model, normalised, MaskLIDParams())
 
 
 def test_masklid_keeps_target_words_of_code_mixed_sentences(glotlid):

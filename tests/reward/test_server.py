@@ -22,8 +22,32 @@ def test_help_lists_the_flags():
     out = _run(["--help"]).stdout
     for flag in ("--port", "--token", "--qe ", "--qe_model", "--lid_model", "--lid_labels",
                  "--align", "--no_align", "--align_model", "--align_layer", "--alpha",
-                 "--masklid", "--no_masklid", "--device", "--allow_remote", "--port_file"):
+                 "--masklid", "--no_masklid", "--device", "--allow_remote", "--port_file",
+                 "--rule", "--label_match", "--segment", "--masklid_labels",
+                 "--masklid_min_share", "--hanlp_model", "--qe_max_length"):
         assert flag in out, flag
+
+
+def test_rule_fills_the_flags_left_unset():
+    from reward.server import parse_args
+
+    walar = parse_args([])
+    assert (walar.rule, walar.label_match, walar.segment, walar.masklid_min_share,
+            walar.qe_max_length, walar.masklid_labels) == ("walar", "walar", "walar", 0.0, 512,
+                                                           "flores200")
+    ours = parse_args(["--rule", "ours"])
+    assert (ours.label_match, ours.segment, ours.masklid_min_share) == ("group", "icu", 0.94)
+    mixed = parse_args(["--rule", "ours", "--segment", "walar", "--masklid_min_share", "0"])
+    assert (mixed.label_match, mixed.segment, mixed.masklid_min_share) == ("group", "walar", 0)
+    assert parse_args(["--label_match", "group"]).segment == "walar"
+    assert parse_args(["--rule", "ours", "--no-masklid"]).masklid_min_share == 0.0
+
+
+def test_share_gate_without_masklid_is_refused():
+    for off in ("--no-masklid", "--no-lid"):
+        res = _run(["--port", "0", off, "--masklid_min_share", "0.9", "--no-align", "--qe",
+                    "none"])
+        assert res.returncode != 0 and "--masklid_min_share needs MaskLID" in res.stderr
 
 
 def test_wide_bind_without_flag_and_token_is_refused():
@@ -72,9 +96,10 @@ def test_good_and_bad_batches(server):
         assert r.reward == -1.0  # embed QE: penalty -1, the bottom of the cosine range
     assert not res.results[6].language_ok and res.results[6].detected_lang == "eng_Latn"
     m = res.metrics
-    assert m.n_items == 7 and m.n_bad_items == 3
-    assert m.gate_penalised_share == pytest.approx(1 / 7)
+    assert m.n_items == 7 and m.n_bad_items == 3 and m.n_qe == 4 and m.n_align_f1 == 3
+    assert m.gate_penalised_share == pytest.approx(1 / 7) and m.n_align_bonus == 3
     assert m.mean_align_f1 == pytest.approx(sum(r.align_f1 for r in res.results[:3]) / 3)
+    assert all(r.align_bonus and 0 < r.masklid_share <= 1 for r in res.results[:3])
     # the server survived all of it
     assert stub.Health(reward_pb2.HealthRequest(), metadata=META).serving
 
@@ -101,8 +126,20 @@ def test_token_is_checked_on_every_call(server):
     assert h.lid_labels == "glotlid" and h.qe_backend == "embed" and h.alpha == 20
 
 
+def test_health_says_which_rule_runs_and_what_it_warned_about(server):
+    stub, _ = server
+    h = stub.Health(reward_pb2.HealthRequest(), metadata=META)
+    assert (h.rule, h.label_match, h.segment, h.masklid_min_share) == ("walar", "walar",
+                                                                        "walar", 0.0)
+    assert h.masklid_labels == 26  # the 200 FLORES-200 GlotLID labels this model has
+    assert h.chinese_segmenter == "jieba" and h.qe_max_length == 512 and h.penalty == -1.0
+    assert any("jieba" in w and "HanLP" in w for w in h.warnings)
+    assert any("NOT a quality signal" in w for w in h.warnings)
+
+
 def test_startup_log_says_what_was_loaded_and_warns_about_minilm(server):
     _, log = server
     text = log.read_text()
-    assert "MaskLID: exact" in text and "listening on 127.0.0.1:" in text
-    assert "NOT a quality signal" in text
+    assert "MaskLID: exact, 26 labels, share gate off" in text
+    assert "listening on 127.0.0.1:" in text
+    assert "NOT a quality signal" in text and "WARNING" in text and "NOT HanLP" in text

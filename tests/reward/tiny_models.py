@@ -19,15 +19,20 @@ def flores_codes(split: str = "dev") -> list[str]:
     return sorted(p.stem for p in (FLORES / split).glob("*_*.txt"))
 
 
+# GlotLID's label where it is not the FLORES-200 code (of the languages in shared/data).
+GLOTLID_LABEL = {"zho_Hans": "cmn_Hani"}
+
+
 def train_glotlid_style(out: pathlib.Path) -> pathlib.Path:
-    """An unquantized fastText LID with `__label__eng_Latn` labels, on FLORES dev."""
+    """An unquantized fastText LID with GlotLID's labels (`__label__eng_Latn`,
+    `__label__cmn_Hani`), on FLORES dev."""
     import fasttext
 
     train = out / "lid_train.txt"
     with train.open("w", encoding="utf-8") as f:
         for code in flores_codes("dev"):
             for line in flores_lines("dev", code):
-                f.write(f"__label__{code} {line}\n")
+                f.write(f"__label__{GLOTLID_LABEL.get(code, code)} {line}\n")
     model = fasttext.train_supervised(str(train), dim=16, epoch=15, lr=1.0, minn=2, maxn=4,
                                       bucket=200_000, thread=1, verbose=0, seed=0)
     path = out / "glotlid_tiny.bin"
@@ -109,3 +114,70 @@ def build_xcomet(out: pathlib.Path) -> str:
                 "pytorch-lightning_version": pl.__version__},
                root / "checkpoints" / "model.ckpt")
     return str(root)
+
+
+# Hand-segmented Chinese (words separated by spaces), with punctuation WALAR drops
+# (，。：“”) and words of one to four characters, so every BMES tag occurs.
+HANLP_TRAIN = (
+    "我 喜欢 吃 米饭 。",
+    "他 住 在 北京 ， 很 开心 。",
+    "今天 天气 很 好 。",
+    "我们 去 图书馆 学习 “ 中文 ” 。",
+    "她 说 ： 我 不 知道 。",
+    "委员会 星期一 开会 讨论 新 预算 。",
+    "学生 们 在 图书馆 看书 ， 老师 在 教室 。",
+    "中华人民共和国 的 首都 是 北京 。",
+)
+
+
+def build_hanlp_tokenizer(out: pathlib.Path) -> str:
+    """A HanLP TransformerTaggingTokenizer (the class of coarse_electra_small_20220616)
+    over a tiny random ELECTRA with a character WordPiece vocabulary, trained by HanLP's
+    own `fit` to segment HANLP_TRAIN, saved in HanLP's on-disk layout (config.json,
+    vocabs.json, model.pt) so that `hanlp.load(dir)` loads it as it loads the real one."""
+    import torch
+    import transformers.optimization
+    from hanlp.components.tokenizers.transformer import TransformerTaggingTokenizer
+    from transformers import BertTokenizer, ElectraConfig, ElectraModel
+
+    electra = out / "electra_tiny"
+    electra.mkdir(parents=True, exist_ok=True)
+    chars = sorted({c for line in HANLP_TRAIN for c in line.replace(" ", "")})
+    (electra / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n",
+        encoding="utf-8")
+    tok = BertTokenizer(str(electra / "vocab.txt"), do_lower_case=False)
+    tok.save_pretrained(electra)
+    torch.manual_seed(0)
+    ElectraModel(ElectraConfig(vocab_size=len(tok), embedding_size=16, hidden_size=32,
+                               num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=128)
+                 ).save_pretrained(electra)
+    train = out / "hanlp_train.txt"
+    train.write_text("\n".join(HANLP_TRAIN) + "\n", encoding="utf-8")
+    # HanLP 2.1.1's trainer builds `transformers.optimization.AdamW`, which transformers
+    # removed in 4.46; only training needs it (loading and segmenting do not), so this
+    # fixture lends it torch's AdamW for the duration of `fit`.
+    had = hasattr(transformers.optimization, "AdamW")
+    if not had:
+        transformers.optimization.AdamW = _TorchAdamW
+    try:
+        save_dir = out / "hanlp_tok"
+        TransformerTaggingTokenizer().fit(
+            str(train), str(train), str(save_dir), transformer=str(electra), epochs=25,
+            lr=3e-2, transformer_lr=3e-3, batch_size=8, word_dropout=0.0, devices=[],
+            seed=1, char_level=True, max_seq_len=300, hard_constraint=True, eval_trn=False,
+            patience=100)
+    finally:
+        if not had:
+            del transformers.optimization.AdamW
+    return str(save_dir)
+
+
+class _TorchAdamW:
+    """`transformers.optimization.AdamW(params, ..., no_deprecation_warning=...)` on torch."""
+
+    def __new__(cls, params, no_deprecation_warning=True, **kwargs):
+        import torch
+
+        return torch.optim.AdamW(params, **kwargs)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from protos import reward_pb2, reward_pb2_grpc
+from protos import reward_metrics, reward_pb2, reward_pb2_grpc
 from walar_jax.clients.common import (
     ServiceError,
     ServiceUnavailableError,
@@ -41,6 +40,8 @@ class ItemReward:
     qe: float | None
     align_f1: float | None
     masked_hypothesis: str
+    masklid_share: float | None = None
+    align_bonus: bool = False
 
     @property
     def ok(self) -> bool:
@@ -49,6 +50,9 @@ class ItemReward:
 
 @dataclasses.dataclass(frozen=True)
 class RewardBatch:
+    """Every item's reward and the batch metrics under the service's own names
+    (protos/reward_metrics.py), merged exactly when the batch was split across servers."""
+
     items: list[ItemReward]
     metrics: dict[str, float]
 
@@ -61,21 +65,6 @@ class RewardBatch:
 
     def __getitem__(self, i: int) -> ItemReward:
         return self.items[i]
-
-
-def batch_metrics(items: Sequence[ItemReward]) -> dict[str, float]:
-    """Same definitions as the server's, so split batches merge exactly."""
-    qe = [it.qe for it in items if it.qe is not None]
-    f1 = [it.align_f1 for it in items if it.align_f1 is not None]
-    n = len(items)
-    return {
-        "n_items": n,
-        "mean_qe": sum(qe) / len(qe) if qe else math.nan,
-        "gate_penalised_share": sum(it.ok and not it.language_ok for it in items) / n,
-        "mean_align_f1": sum(f1) / len(f1) if f1 else math.nan,
-        "n_bad_items": sum(not it.ok for it in items),
-        "n_gate_skipped": sum(it.gate_skipped for it in items),
-    }
 
 
 def _to_proto(i: int, item: Mapping) -> reward_pb2.Item:
@@ -111,7 +100,13 @@ def _from_proto(r: reward_pb2.ItemResult, address: str) -> ItemReward:
         detected_lang=r.detected_lang, gate_skipped=r.gate_skipped,
         qe=r.qe if r.HasField("qe") else None,
         align_f1=r.align_f1 if r.HasField("align_f1") else None,
-        masked_hypothesis=r.masked_hypothesis)
+        masked_hypothesis=r.masked_hypothesis,
+        masklid_share=r.masklid_share if r.HasField("masklid_share") else None,
+        align_bonus=r.align_bonus)
+
+
+def _metrics(m: reward_pb2.BatchMetrics) -> dict[str, float]:
+    return {name: getattr(m, name) for name in reward_metrics.NAMES}
 
 
 class RewardClient:
@@ -140,7 +135,8 @@ class RewardClient:
             address=self.addresses[k], what=f"Reward.{method}",
             max_attempts=self.max_attempts, base_delay_s=self.base_delay_s)
 
-    def _score_chunk(self, k: int, items: list[reward_pb2.Item]) -> list[ItemReward]:
+    def _score_chunk(self, k: int, items: list[reward_pb2.Item]
+                     ) -> tuple[list[ItemReward], dict[str, float]]:
         """Scores on server k; if it stays unreachable, fails over to the others."""
         request = reward_pb2.ScoreRequest(items=items)
         errors = []
@@ -151,10 +147,15 @@ class RewardClient:
                 errors.append(str(err))
                 log.warning("%s; failing over", err)
                 continue
+            address = self.addresses[j]
             if len(response.results) != len(items):
-                raise ServiceError(f"{self.addresses[j]} returned {len(response.results)} "
-                                   f"results for {len(items)} items", address=self.addresses[j])
-            return [_from_proto(r, self.addresses[j]) for r in response.results]
+                raise ServiceError(f"{address} returned {len(response.results)} results for "
+                                   f"{len(items)} items", address=address)
+            if response.metrics.n_items != len(items):
+                raise ServiceError(f"{address} returned metrics of {response.metrics.n_items} "
+                                   f"items for {len(items)}", address=address)
+            return ([_from_proto(r, address) for r in response.results],
+                    _metrics(response.metrics))
         raise ServiceUnavailableError("no reward server could score the batch: "
                                       + " | ".join(errors))
 
@@ -169,8 +170,9 @@ class RewardClient:
         bounds = [len(protos) * c // n_chunks for c in range(n_chunks + 1)]
         futures = [self._pool.submit(self._score_chunk, c, protos[bounds[c]:bounds[c + 1]])
                    for c in range(n_chunks)]
-        out = [r for f in futures for r in f.result()]
-        return RewardBatch(items=out, metrics=batch_metrics(out))
+        chunks = [f.result() for f in futures]
+        return RewardBatch(items=[r for items, _ in chunks for r in items],
+                           metrics=reward_metrics.merge(m for _, m in chunks))
 
     def health(self) -> list[dict]:
         """Each server's health response as a dict (raises if one is unreachable)."""

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from protos import reward_metrics
 from walar_jax.clients import (
     AuthenticationError,
     InvalidRequestError,
@@ -55,8 +56,12 @@ def test_good_batch_rewards_and_components(server):
     assert copy.align_f1 is None and copy.detected_lang == "eng_Latn"
     assert named.reward == pytest.approx(ok.reward)  # "French" resolves like fra_Latn
     assert batch.rewards == [ok.reward, copy.reward, named.reward]
+    assert ok.align_bonus and not copy.align_bonus and 0 < ok.masklid_share <= 1
     assert batch.metrics["gate_penalised_share"] == pytest.approx(1 / 3)
     assert batch.metrics["mean_qe"] == pytest.approx((ok.qe + copy.qe + named.qe) / 3)
+    # the service's own metric names, nothing renamed or added
+    assert set(batch.metrics) == set(reward_metrics.NAMES)
+    assert batch.metrics["n_align_bonus"] == 2 and batch.metrics["n_align_f1"] == 2
 
 
 def test_bad_items_come_back_with_status_and_penalty(server):
@@ -67,13 +72,23 @@ def test_bad_items_come_back_with_status_and_penalty(server):
     assert batch.metrics["n_bad_items"] == 3
 
 
-def test_split_across_addresses_keeps_order_and_metrics(server):
-    items = [_item(FR), _item(EN), _item(SW, tgt="swh_Latn"), _item(FR), _item(EN)]
+def test_split_across_addresses_keeps_order_and_merges_metrics_exactly(server):
+    """Chunks of 2, 2 and 3 items holding 1, 0 and 1 F1 values (lid.176 labels the short
+    Swahili sentence Indonesian: penalised): the merged means are count-weighted and skip
+    the chunk whose mean is NaN, equal to one server's metrics of the whole batch."""
+    items = [_item(FR), _item(EN), _item(EN), _item(EN), _item(SW, tgt="swh_Latn"),
+             _item(FR), _item("")]
     with RewardClient([server.address], token=TOKEN, timeout_s=120) as one, \
             RewardClient([server.address] * 3, token=TOKEN, timeout_s=120) as three:
         a, b = one.score(items), three.score(items)
     assert a.rewards == pytest.approx(b.rewards)
-    assert a.metrics == pytest.approx(b.metrics, nan_ok=True)
+    assert a.metrics.keys() == b.metrics.keys() == set(reward_metrics.NAMES)
+    for k in a.metrics:
+        assert b.metrics[k] == pytest.approx(a.metrics[k], rel=1e-12), k
+    f1 = [it.align_f1 for it in a.items if it.align_f1 is not None]
+    assert len(f1) == 2 and b.metrics["mean_align_f1"] == pytest.approx(sum(f1) / 2)
+    assert b.metrics["n_align_f1"] == 2 and b.metrics["n_qe"] == 6
+    assert b.metrics["n_bad_items"] == 1 and b.metrics["n_items"] == 7
 
 
 def test_invalid_argument_fails_fast_with_the_reason(server, caplog):
@@ -169,6 +184,38 @@ def test_tls_with_token(tmp_path):
         with RewardClient(svc.address, token=TOKEN, max_attempts=1) as plain:
             with pytest.raises(ServiceUnavailableError):  # plaintext to a TLS port
                 plain.score([_item(FR)])
+
+
+@pytest.mark.parametrize("name", ["tiny", "qwen3_8b", "llamax3_8b", "translategemma_4b"])
+def test_config_reward_flags_start_walars_rule(name):
+    """The reward.server section of each config, as the trainer passes it, is accepted by
+    the service and resolves to WALAR's published rule (paper configs: its models)."""
+    import importlib
+    import json
+
+    from walar_jax.services import service_flags
+
+    try:
+        python = env_python("reward")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    flags = service_flags(importlib.import_module(f"configs.{name}").get_config().reward.server)
+    code = ("import json, sys; from reward.server import parse_args; "
+            "a = vars(parse_args(sys.argv[1:])); print(json.dumps(a))")
+    out = subprocess.run([python, "-c", code, *flags], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True)
+    a = json.loads(out.stdout.splitlines()[-1])
+    assert (a["rule"], a["label_match"], a["segment"], a["masklid_min_share"]) == (
+        "walar", "walar", "walar", 0.0)
+    assert a["lid"] and a["masklid"] and a["align"] and a["alpha"] == 20.0
+    if name == "tiny":  # the embedded default: bundled lid.176 and MiniLM
+        assert a["qe"] == "embed" and a["lid_model"] is None and a["align_model"] is None
+        return
+    assert (a["qe"], a["qe_model"], a["qe_tokenizer"], a["qe_max_length"]) == (
+        "metricx", "google/metricx-24-hybrid-xxl-v2p6-bfloat16", "google/mt5-xl", 512)
+    assert (a["lid_labels"], a["masklid_labels"]) == ("glotlid", "flores200")
+    assert (a["align_model"], a["align_layer"]) == ("BAAI/bge-m3", 24)
+    assert a["hanlp_model"] == "COARSE_ELECTRA_SMALL_ZH"
 
 
 def test_trainer_side_client_does_not_import_torch():
