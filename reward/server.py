@@ -19,7 +19,14 @@ import grpc
 
 from protos import reward_pb2, reward_pb2_grpc
 from protos.languages import WALAR_MASKLID_LABELS
-from protos.service import add_server_flags, make_server, serve_until_signalled
+from protos.service import (
+    add_server_flags,
+    die_with_parent,
+    identity_proof,
+    make_server,
+    resolve_token,
+    serve_until_signalled,
+)
 from reward.languages import LABEL_MATCH_MODES, UnknownLanguageError
 from reward.scorer import QE_PENALTIES, RawItem, RewardConfig, RewardScorer, batch_metrics
 
@@ -222,9 +229,11 @@ def to_response(scores, metrics: dict) -> reward_pb2.ScoreResponse:
 
 
 class RewardServicer(reward_pb2_grpc.RewardServicer):
-    def __init__(self, scorer: RewardScorer, args: argparse.Namespace):
+    def __init__(self, scorer: RewardScorer, args: argparse.Namespace,
+                 token: str | None = None):
         self.scorer = scorer
         self.args = args
+        self.token = token  # Health proves it holds it (protos.service.identity_proof)
         self.lock = threading.Lock()  # one batch at a time on the models
 
     def Score(self, request, context):
@@ -263,22 +272,27 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             masklid_min_share=s.config.min_share,
             masklid_labels=len(s.masklid.labels) if s.masklid else 0,
             chinese_segmenter=s.segmenter.chinese if s.segmenter else "",
-            qe_max_length=a.qe_max_length, warnings=a.warnings)
+            qe_max_length=a.qe_max_length, warnings=a.warnings,
+            proof=identity_proof(self.token, request.nonce) if request.nonce else "")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.exit_with_parent:
+        die_with_parent()  # also while the models load
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server, port = make_server(args.host, args.port, token=args.token,
+    token = resolve_token(args)
+    server, port = make_server(args.host, args.port, token=token,
                                allow_remote=args.allow_remote, tls_cert=args.tls_cert,
                                tls_key=args.tls_key)
     scorer = build_scorer(args)
-    reward_pb2_grpc.add_RewardServicer_to_server(RewardServicer(scorer, args), server)
+    servicer = RewardServicer(scorer, args, token)
+    reward_pb2_grpc.add_RewardServicer_to_server(servicer, server)
     server.start()
     log.info("reward service listening on %s:%d%s", args.host, port,
-             " (token required)" if args.token else "")
-    serve_until_signalled(server, port, args.port_file)
+             " (token required)" if token else "")
+    serve_until_signalled(server, port, args.port_file, args.exit_with_parent)
     log.info("reward service stopped")
 
 

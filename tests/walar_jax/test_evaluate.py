@@ -248,11 +248,14 @@ def test_spbleu_with_a_local_sentencepiece_model(tmp_path):
 
 
 def test_lcr_needs_top1_language_service():
-    with pytest.raises(ValueError, match="--no-masklid"):
-        metrics.check_lid_service({"lid_labels": "lid176", "masklid": True})
+    with pytest.raises(ValueError, match="--masklid_min_share 0"):
+        metrics.check_lid_service({"lid_labels": "lid176", "masklid": True,
+                                   "masklid_min_share": 0.94})
     with pytest.raises(ValueError, match="without a language identifier"):
         metrics.check_lid_service({"lid_labels": "none", "masklid": False})
     metrics.check_lid_service({"lid_labels": "lid176", "masklid": False})
+    # WALAR's rule: MaskLID picks aligned words only, language_ok is the top-1 label
+    metrics.check_lid_service({"lid_labels": "lid176", "masklid": True, "masklid_min_share": 0})
 
 
 # ---------------------------------------------- service metrics: support lists, top-1 LCR

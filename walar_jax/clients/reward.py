@@ -9,12 +9,17 @@ It raises a typed error instead of ever returning a reward the server did not co
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from protos import reward_metrics, reward_pb2, reward_pb2_grpc
+from protos.service import identity_proof
 from walar_jax.clients.common import (
+    AuthenticationError,
+    Deadline,
     ServiceError,
     ServiceUnavailableError,
     auth_metadata,
@@ -123,26 +128,27 @@ class RewardClient:
         self.max_attempts = max_attempts
         self.base_delay_s = base_delay_s
         self._metadata = auth_metadata(token)
+        self.token = token
         self._channels = [make_channel(a, tls_root_cert=tls_root_cert) for a in addresses]
         self._stubs = [reward_pb2_grpc.RewardStub(c) for c in self._channels]
         self._pool = ThreadPoolExecutor(max_workers=len(addresses))
 
-    def _call(self, k: int, method: str, request):
+    def _call(self, k: int, method: str, request, deadline: Deadline | float | None):
         stub = self._stubs[k]
         return call_with_retries(
-            lambda: getattr(stub, method)(request, timeout=self.timeout_s,
-                                          metadata=self._metadata),
+            lambda left: getattr(stub, method)(request, timeout=left, metadata=self._metadata),
             address=self.addresses[k], what=f"Reward.{method}",
-            max_attempts=self.max_attempts, base_delay_s=self.base_delay_s)
+            max_attempts=self.max_attempts, base_delay_s=self.base_delay_s, deadline=deadline)
 
-    def _score_chunk(self, k: int, items: list[reward_pb2.Item]
+    def _score_chunk(self, k: int, items: list[reward_pb2.Item], deadline: Deadline
                      ) -> tuple[list[ItemReward], dict[str, float]]:
-        """Scores on server k; if it stays unreachable, fails over to the others."""
+        """Scores on server k; if it stays unreachable, fails over to the others (all
+        within the call's one deadline)."""
         request = reward_pb2.ScoreRequest(items=items)
         errors = []
         for j in [k, *[j for j in range(len(self.addresses)) if j != k]]:
             try:
-                response = self._call(j, "Score", request)
+                response = self._call(j, "Score", request, deadline)
             except ServiceUnavailableError as err:
                 errors.append(str(err))
                 log.warning("%s; failing over", err)
@@ -168,19 +174,32 @@ class RewardClient:
         protos = [_to_proto(i, it) for i, it in enumerate(items)]
         n_chunks = min(len(self.addresses), len(protos))
         bounds = [len(protos) * c // n_chunks for c in range(n_chunks + 1)]
-        futures = [self._pool.submit(self._score_chunk, c, protos[bounds[c]:bounds[c + 1]])
-                   for c in range(n_chunks)]
+        deadline = Deadline(self.timeout_s)  # one for the whole call, fail-overs included
+        futures = [self._pool.submit(self._score_chunk, c, protos[bounds[c]:bounds[c + 1]],
+                                     deadline) for c in range(n_chunks)]
         chunks = [f.result() for f in futures]
         return RewardBatch(items=[r for items, _ in chunks for r in items],
                            metrics=reward_metrics.merge(m for _, m in chunks))
 
-    def health(self) -> list[dict]:
+    def health(self, timeout: float | None = 30.0) -> list[dict]:
         """Each server's health response as a dict (raises if one is unreachable)."""
         out = []
         for k in range(len(self.addresses)):
-            h = self._call(k, "Health", reward_pb2.HealthRequest())
+            h = self._call(k, "Health", reward_pb2.HealthRequest(), timeout)
             out.append({f.name: getattr(h, f.name) for f in h.DESCRIPTOR.fields})
         return out
+
+    def verify_identity(self, timeout: float | None = 30.0) -> None:
+        """Raises unless every server proves it holds this client's token (a random
+        nonce answered with HMAC(token, nonce)): they are the services this process
+        started, not whatever else took their ports."""
+        for k, address in enumerate(self.addresses):
+            nonce = secrets.token_hex(16)
+            got = self._call(k, "Health", reward_pb2.HealthRequest(nonce=nonce), timeout).proof
+            if not hmac.compare_digest(got, identity_proof(self.token, nonce)):
+                raise AuthenticationError(f"the server at {address} is not the reward "
+                                          "service that was started with this token",
+                                          address=address)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

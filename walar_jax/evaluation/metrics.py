@@ -111,14 +111,14 @@ def supported(metric: str, src: str, tgt: str) -> bool:
 
 def check_lid_service(health: dict) -> None:
     """LCR is the share of hypotheses whose top-1 label is the target: the service must
-    have its identifier on and MaskLID off. Without MaskLID every rule of the service
-    sets language_ok from the top-1 label alone; with it, a rule may use MaskLID's
-    target-language share instead (`--masklid_min_share`)."""
+    have its identifier on and no MaskLID share gate (`--masklid_min_share` > 0, which
+    `--rule ours` implies), which would judge the target-language share instead."""
     if health.get("lid_labels") in ("", "none"):
         raise ValueError("the LCR reward service runs without a language identifier (--no-lid)")
-    if health.get("masklid"):
-        raise ValueError("the LCR reward service has MaskLID on: start it with --no-masklid "
-                         "(and --qe none --no-align) so language_ok is the top-1 language")
+    if health.get("masklid") and health.get("masklid_min_share", 0) > 0:
+        raise ValueError("the LCR reward service gates on MaskLID's target-language share "
+                         f"({health['masklid_min_share']}): start it with --masklid_min_share 0 "
+                         "(or --no-masklid) so language_ok is the top-1 language")
 
 
 def lcr(client, sources: Sequence[str], hyps: Sequence[str], src: str, tgt: str) -> float:
