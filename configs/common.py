@@ -76,7 +76,9 @@ def base() -> ml_collections.ConfigDict:
         bos="auto",  # auto: BOS where the tokenizer's own encoding adds it; never: none
     ))
     c.rollout = ml_collections.ConfigDict(dict(
-        address="", token="",  # empty address: train.py starts rollout_server.py itself
+        # empty address: train.py starts rollout_server.py itself (with a fresh token);
+        # a given service's token: "env:NAME" or "file:PATH" keep it off command lines
+        address="", token="",
         n=8, temperature=1.0, top_p=1.0, top_k=0, max_tokens=512, max_prompt_tokens=512,
         # WALAR (OpenRLHF): at least one token, EOS appended to truncated responses (and
         # trained on), prompts over max_prompt_tokens cut on the right (kept from the

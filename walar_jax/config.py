@@ -64,11 +64,30 @@ def _flag_value(v) -> str:
     return repr(tuple(v)) if isinstance(v, (list, tuple)) else str(v)
 
 
+SECRET_KEYS = ("token",)
+
+
+def redacted(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy with every non-empty secret (`token` keys, at any depth) replaced."""
+    out = ml_collections.ConfigDict(config.to_dict())
+    stack = [out]
+    while stack:
+        node = stack.pop()
+        for k, v in node.items():
+            if isinstance(v, ml_collections.ConfigDict):
+                stack.append(v)
+            elif k in SECRET_KEYS and v:
+                node[k] = "<redacted>"
+    return out
+
+
 def save(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Writes the resolved config as JSON in the work directory and logs it."""
+    """Writes the resolved config as JSON in the work directory and logs it, with
+    secrets redacted (config.json is world-readable like any run output)."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
+    shown = redacted(config)
     with open(path, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    log.info("resolved config (saved to %s):\n%s", path, config)
+        f.write(shown.to_json_best_effort(indent=2, sort_keys=True))
+    log.info("resolved config (saved to %s):\n%s", path, shown)
     return path

@@ -60,6 +60,27 @@ def started(services: Sequence[launch.Service], timeout_s: float) -> Iterator[di
             svc.stop()
 
 
+def secret(value: str) -> str | None:
+    """A token from the config: "env:NAME" reads $NAME and "file:PATH" a file only you
+    can read, so it need not stand on a command line (which every user sees in ps)."""
+    import os
+
+    if not value:
+        return None
+    if value.startswith("env:"):
+        name = value[4:]
+        if not os.environ.get(name):
+            raise ValueError(f"token env:{name}: ${name} is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = value[5:]
+        if os.stat(path).st_mode & 0o077:
+            raise ValueError(f"token file:{path} must be readable by you alone (chmod 600)")
+        with open(path) as f:
+            return f.read().strip()
+    return value
+
+
 class SupervisionError(RuntimeError):
     """A service kept failing past its restart bound, or a given address never came back."""
 
@@ -130,13 +151,13 @@ class TrainingServices:
             if self.rollout is not None:
                 self.rollout.close()
             self.rollout = RolloutClient(svc.address if svc else c.rollout.address,
-                                         token=svc.token if svc else c.rollout.token or None)
+                                         token=svc.token if svc else secret(c.rollout.token))
         else:
             if self.reward is not None:
                 self.reward.close()
             self.reward = RewardClient([svc.address] if svc else
                                        [a for a in c.reward.addresses if a],
-                                       token=svc.token if svc else c.reward.token or None,
+                                       token=svc.token if svc else secret(c.reward.token),
                                        timeout_s=c.reward.timeout_s)
         if svc is not None:  # it is the process started here, not whatever took the port
             (self.rollout if name == "rollout" else self.reward).verify_identity(

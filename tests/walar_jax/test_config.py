@@ -17,8 +17,19 @@ def test_unknown_key_fails():
 
 
 def test_wrong_type_fails():
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"--config.total_steps=many: invalid literal for int"):
         cfglib.load("configs/tiny.py", {"total_steps": "many"})
+
+
+def test_tokens_are_redacted_from_the_saved_config_and_the_log(tmp_path, caplog):
+    c = cfglib.load("configs/tiny.py", {"rollout.token": "s3cret-r", "reward.token": "s3cret-w"})
+    with caplog.at_level("INFO"):
+        path = cfglib.save(c, str(tmp_path))
+    text = open(path).read()
+    assert "s3cret" not in text and "s3cret" not in caplog.text
+    saved = json.loads(text)
+    assert saved["rollout"]["token"] == saved["reward"]["token"] == "<redacted>"
+    assert c.rollout.token == "s3cret-r"  # the run itself keeps it
 
 
 def test_resolved_config_saved(tmp_path):
@@ -40,3 +51,21 @@ def test_paper_configs(name, path, template):
     assert (c.optim.lr, c.grpo.kl_coef, c.grpo.kl_estimator, c.grpo.clip_low) == (5e-7, 0.01, "k3", 0.2)
     assert (c.rollout.max_tokens, c.rollout.temperature, c.reward.server.alpha) == (512, 1.0, 20.0)
     assert c.reward.server.qe == "metricx" and c.reward.server.align_layer == 24
+
+
+def test_tokens_of_given_services_come_from_the_environment_or_a_private_file(
+        tmp_path, monkeypatch):
+    from walar_jax.services import secret
+
+    monkeypatch.setenv("MY_RM_TOKEN", "from-env")
+    assert secret("env:MY_RM_TOKEN") == "from-env" and secret("plain") == "plain"
+    assert secret("") is None
+    f = tmp_path / "tok"
+    f.write_text("from-file\n")
+    f.chmod(0o600)
+    assert secret(f"file:{f}") == "from-file"
+    f.chmod(0o644)
+    with pytest.raises(ValueError, match="readable by you alone"):
+        secret(f"file:{f}")
+    with pytest.raises(ValueError, match=r"\$UNSET_TOKEN_VAR is not set"):
+        secret("env:UNSET_TOKEN_VAR")
