@@ -79,7 +79,7 @@ def main() -> None:
             c = cfglib.load("configs/tiny.py", {
                 "total_steps": args.steps, "tensorboard": False, "checkpoint_every": 1000,
                 "rollout.stream_chunk_prompts": args.chunk, "rollout.max_staleness": staleness,
-                "rollout.address": roll.address, "reward.addresses": (rew.address,)})
+                "rollout.addresses": (roll.address,), "reward.addresses": (rew.address,)})
             clients = (RolloutClient(roll.address), RewardClient([rew.address]))
             results.append(run(c, os.path.join(work, f"s{staleness}"), clients))
     sync, overlapped = results

@@ -76,9 +76,10 @@ def base() -> ml_collections.ConfigDict:
         bos="auto",  # auto: BOS where the tokenizer's own encoding adds it; never: none
     ))
     c.rollout = ml_collections.ConfigDict(dict(
-        # empty address: train.py starts rollout_server.py itself (with a fresh token);
-        # a given service's token: "env:NAME" or "file:PATH" keep it off command lines
-        address="", token="",
+        # none: each train.py process starts its own rollout_server.py (with a fresh
+        # token); else an equal share per process (host), one or more sidecars each.
+        # A given service's token: "env:NAME" or "file:PATH" keep it off command lines.
+        addresses=(), token="",
         n=8, temperature=1.0, top_p=1.0, top_k=0, max_tokens=512, max_prompt_tokens=512,
         # WALAR (OpenRLHF): at least one token, EOS appended to truncated responses (and
         # trained on), prompts over max_prompt_tokens cut on the right (kept from the

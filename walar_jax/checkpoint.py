@@ -27,6 +27,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from walar_jax import hosts
+
 log = logging.getLogger(__name__)
 DIRNAME = "checkpoints"
 MANIFEST = "walar_manifest.json"
@@ -77,28 +79,53 @@ class Checkpointer:
             items["pending"] = ocp.args.StandardSave({str(i): b for i, b in enumerate(pending)})
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
+        hosts.barrier(f"walar-saved-{step}")  # every process's shards are on disk
         if jax.process_index() == 0:
             _write_manifest(os.path.join(self.manager.directory, str(step)))
+        hosts.barrier(f"walar-manifest-{step}")
 
     def restore_latest(self, abstract_state: dict[str, Any]):
         """(step, state, meta, pending) of the newest checkpoint that verifies and
-        restores, or None when there is none; corrupt ones are moved aside."""
+        restores, or None when there is none; corrupt ones are moved aside.
+
+        With several processes, process 0 checks the manifests (and moves bad steps
+        aside) and every process restores the step it chose."""
         problems = []
+        while True:
+            step = hosts.broadcast_int(
+                self._first_verified(problems) if jax.process_index() == 0 else 0)
+            self.manager.reload()
+            if step < 0:
+                break
+            path = os.path.join(self.manager.directory, str(step))
+            try:
+                return (step, *self.restore(step, abstract_state))
+            except Exception as err:  # noqa: BLE001 - any failure means: not this one
+                if jax.process_count() > 1:
+                    raise  # the processes cannot agree on a fall-back here: report it
+                self._reject(path, err, problems)
+        if problems:
+            raise CorruptCheckpointError("no checkpoint could be restored:\n" + "\n".join(problems))
+        return None
+
+    def _first_verified(self, problems: list[str]) -> int:
+        """The newest step whose manifest verifies (-1 if none); bad ones moved aside."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             path = os.path.join(self.manager.directory, str(step))
             try:
                 _verify_manifest(path)
-                return (step, *self.restore(step, abstract_state))
-            except Exception as err:  # noqa: BLE001 - any failure means: not this one
-                reason = f"{type(err).__name__}: {str(err)[:500]}"
-                log.error("checkpoint %s cannot be restored (%s); trying the previous one",
-                          path, reason)
-                problems.append(f"{path}: {reason}")
-                _move_aside(path)
-                self.manager.reload()
-        if problems:
-            raise CorruptCheckpointError("no checkpoint could be restored:\n" + "\n".join(problems))
-        return None
+                return step
+            except Exception as err:  # noqa: BLE001
+                self._reject(path, err, problems)
+        return -1
+
+    def _reject(self, path: str, err: Exception, problems: list[str]) -> None:
+        reason = f"{type(err).__name__}: {str(err)[:500]}"
+        log.error("checkpoint %s cannot be restored (%s); trying the previous one", path,
+                  reason)
+        problems.append(f"{path}: {reason}")
+        _move_aside(path)
+        self.manager.reload()
 
     def restore(self, step: int, abstract_state: dict[str, Any]
                 ) -> tuple[dict, dict, list[dict[str, np.ndarray]]]:
@@ -178,3 +205,4 @@ def _move_aside(step_dir: str) -> None:
         target = f"{step_dir}.corrupt-{int(time.time())}"
     os.replace(step_dir, target)
     log.error("moved %s to %s", step_dir, target)
+

@@ -103,13 +103,17 @@ class TrainingServices:
         self.started: dict[str, launch.Service] = {}
         self.restarts = {"rollout": 0, "reward": 0}
         self._make = {}
-        if not config.rollout.address:
+        import jax
+
+        # one log per process when several train one model (one per host)
+        tag = f".{jax.process_index()}" if jax.process_count() > 1 else ""
+        if not [a for a in config.rollout.addresses if a]:
             self._make["rollout"] = lambda: rollout_service(
-                model_dir, config.rollout.server, os.path.join(workdir, "rollout_server.log"),
-                token=launch.new_token())
+                model_dir, config.rollout.server,
+                os.path.join(workdir, f"rollout_server{tag}.log"), token=launch.new_token())
         if not [a for a in config.reward.addresses if a]:
             self._make["reward"] = lambda: reward_service(
-                config.reward.server, os.path.join(workdir, "reward_server.log"),
+                config.reward.server, os.path.join(workdir, f"reward_server{tag}.log"),
                 token=launch.new_token())
         self.rollout = self.reward = None
 
@@ -150,8 +154,15 @@ class TrainingServices:
         if name == "rollout":
             if self.rollout is not None:
                 self.rollout.close()
-            self.rollout = RolloutClient(svc.address if svc else c.rollout.address,
-                                         token=svc.token if svc else secret(c.rollout.token))
+            if svc is not None:
+                self.rollout = RolloutClient(svc.address, token=svc.token)
+            else:  # this process's share of the given sidecars
+                from walar_jax.hosts import local_addresses
+                from walar_jax.rl.rollout import MultiRollout
+
+                mine = local_addresses([a for a in c.rollout.addresses if a])
+                engines = [RolloutClient(a, token=secret(c.rollout.token)) for a in mine]
+                self.rollout = engines[0] if len(engines) == 1 else MultiRollout(engines)
         else:
             if self.reward is not None:
                 self.reward.close()

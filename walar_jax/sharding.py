@@ -138,11 +138,16 @@ def optimizer_shardings(opt_state, params, param_shardings, mesh: Mesh):
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
-    """Multi-host start-up through jax.distributed (auto-detected on TPU/SLURM when the
-    arguments are None)."""
+    """Multi-host start-up through jax.distributed: the arguments, or what SLURM / a TPU
+    pod slice / Open MPI put in the environment when they are None. On CPU the
+    processes talk through gloo (several processes on one machine, as the tests run)."""
+    import os
+
+    if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
     )
-    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
+    log.info("jax.distributed: process %d of %d, %d local devices %s; %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(),
-             jax.device_count())
+             [str(d) for d in jax.local_devices()], jax.device_count())

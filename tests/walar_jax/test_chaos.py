@@ -39,7 +39,7 @@ def shared(tiny_dir, tmp_path_factory):
     reward = launch.Service("reward", [launch.env_python("reward"), "-m", "reward.server",
                                        "--device=cpu", "--no_lid"], log_path=str(logs / "w.log"))
     with rollout, reward:
-        yield ["--config.rollout.address=" + rollout.address,
+        yield [f"--config.rollout.addresses=('{rollout.address}',)",
                f"--config.reward.addresses=('{reward.address}',)"]
 
 

@@ -44,7 +44,7 @@ def services(tiny_dir, tmp_path_factory):
 def tiny_config(tiny_dir, services, **overrides):
     rollout_addr, reward_addr, _ = services
     return cfglib.load("configs/tiny.py", {
-        "model.path": tiny_dir, "rollout.address": rollout_addr,
+        "model.path": tiny_dir, "rollout.addresses": [rollout_addr],
         "reward.addresses": [reward_addr], "tensorboard": False, **overrides})
 
 
@@ -117,7 +117,7 @@ def test_reward_rises_through_the_real_update(tiny_dir, services, tmp_path):
 def _train_cmd(tiny_dir, services, workdir, steps):
     rollout_addr, _, ungated_addr = services
     return [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={workdir}",
-            f"--config.model.path={tiny_dir}", f"--config.rollout.address={rollout_addr}",
+            f"--config.model.path={tiny_dir}", f"--config.rollout.addresses=('{rollout_addr}',)",
             f"--config.reward.addresses=('{ungated_addr}',)", f"--config.total_steps={steps}",
             "--config.checkpoint_every=2", "--config.tensorboard=False"]
 

@@ -84,6 +84,12 @@ def check(config, *, n_devices: int | None = None) -> None:
                           "stale batch would compound two kinds of off-policyness")
     if c.grpo.is_correction not in IS_CORRECTIONS:
         raise ConfigError(f"grpo.is_correction={c.grpo.is_correction!r}: one of {IS_CORRECTIONS}")
+    import jax
+
+    if c.rollout_batch_prompts % jax.process_count():
+        raise ConfigError(f"rollout_batch_prompts={c.rollout_batch_prompts} must split evenly "
+                          f"over the {jax.process_count()} trainer processes (each generates "
+                          "its share on its own sidecars)")
     _check_paths(c)
 
 

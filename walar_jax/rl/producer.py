@@ -34,8 +34,8 @@ class Made:
 
     index: int          # rollout index j over the run
     end: int            # stream position after its tasks
-    batch: dict         # packed host arrays (walar_jax.rl.batch.pack)
-    stats: dict
+    batch: dict         # this process's share (Trainer.collect_local) while stats is None,
+    stats: dict | None  # then the joined host arrays and the rollout's metrics
     version: int        # engine weights version that generated it
     gen_step: int       # trainer step of those weights
 

@@ -218,3 +218,67 @@ def _eos_ids(model_dir: str) -> list[int]:
                 value = json.load(f).get("eos_token_id")
             ids += value if isinstance(value, list) else [value] if value is not None else []
     return sorted(set(ids))
+
+
+class MultiRollout:
+    """Several engines of one host as one: each prompt goes to one engine (contiguous
+    shares, concurrently), the weights to all. Engines count versions on their own (a
+    restarted sidecar starts again at 0), so this keeps one version of its own that moves
+    when any engine's weights changed, and checks each engine against its own."""
+
+    def __init__(self, engines: Sequence):
+        if not engines:
+            raise ValueError("MultiRollout needs at least one engine")
+        self.engines = list(engines)
+        self.version = 0
+        self._versions: list[int | None] = [None] * len(self.engines)
+
+    def engine_dtype(self) -> np.dtype:
+        dtypes = {np.dtype(e.engine_dtype()) for e in self.engines}
+        if len(dtypes) != 1:
+            raise ValueError(f"the sidecars of one host compute in different dtypes {dtypes}")
+        return dtypes.pop()
+
+    def info(self, timeout: float | None = 30.0):
+        return [e.info(timeout=timeout) for e in self.engines][0]
+
+    def update_weights(self, tensors: Tensors, *, version: int | None = None,
+                       transport: str = "shm", timeout: float | None = None) -> UpdateResult:
+        import concurrent.futures as cf
+
+        tensors = list(tensors)  # each engine reads them
+        with cf.ThreadPoolExecutor(len(self.engines)) as pool:
+            results = list(pool.map(lambda e: e.update_weights(
+                tensors, transport=transport, timeout=timeout), self.engines))
+        self._versions = [r.version for r in results]
+        changed = any(r.changed for r in results)
+        if changed:
+            self.version += 1
+        first = results[0]
+        return UpdateResult(self.version, changed, first.num_tensors,
+                            sum(r.num_bytes for r in results), max(r.receive_s for r in results),
+                            max(r.install_s for r in results), first.digest,
+                            max(r.digest_s for r in results))
+
+    def generate(self, prompts: Sequence[Sequence[int]], *, expected_version: int | None = None,
+                 **kw) -> list[PromptResult]:
+        import concurrent.futures as cf
+        import dataclasses
+
+        if expected_version is not None and expected_version != self.version:
+            raise VersionMismatchError(f"weights version {self.version} is live, caller "
+                                       f"expects {expected_version}")
+        n, parts = len(prompts), len(self.engines)
+        bounds = [n * p // parts for p in range(parts + 1)]
+        jobs = [(e, prompts[a:b], v) for e, a, b, v in
+                zip(self.engines, bounds, bounds[1:], self._versions) if b > a]
+        with cf.ThreadPoolExecutor(len(jobs)) as pool:
+            outs = list(pool.map(lambda j: j[0].generate(j[1], expected_version=j[2], **kw),
+                                 jobs))
+        return [PromptResult(r.prompt_token_ids, [dataclasses.replace(
+                    c, weights_version=self.version) for c in r.completions])
+                for out in outs for r in out]
+
+    def close(self) -> None:
+        for e in self.engines:
+            e.close()

@@ -10,7 +10,7 @@ import os
 import jax
 
 from walar_jax import config as cfglib
-from walar_jax import launch, services
+from walar_jax import hosts, launch, services
 from walar_jax import sharding as shd
 from walar_jax.rl.plan import make_plan
 from walar_jax.rl.trainer import Trainer, reward_from_service
@@ -25,7 +25,8 @@ def main(config, workdir: str) -> None:
                                    d.process_id if d.process_id >= 0 else None)
     plan = make_plan(config, n_devices=jax.device_count())
     os.makedirs(workdir, exist_ok=True)
-    cfglib.save(config, workdir)
+    if hosts.is_primary():
+        cfglib.save(config, workdir)
     model_dir = launch.resolve_model_path(config.model.path)
     with services.TrainingServices(config, model_dir, workdir) as svc:
         trainer = Trainer(config, workdir, rollout=svc.rollout,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from protos import reward_metrics
-from walar_jax import checkpoint, data, models, prompts
+from walar_jax import checkpoint, data, hosts, models, prompts
 from walar_jax import sharding as shd
 from walar_jax.metrics import MetricsWriter, truncate_log
 from walar_jax.rl import batch as batch_lib
@@ -173,7 +172,8 @@ class Trainer:
             self.saved_rollouts = [Made(**r, batch=b) for r, b in zip(meta["rollouts"],
                                                                      self.pending)]
             self.pending = []
-        truncate_log(os.path.join(self.workdir, "metrics.jsonl"), self.step)
+        if hosts.is_primary():
+            truncate_log(os.path.join(self.workdir, "metrics.jsonl"), self.step)
         log.info("resumed from step %d (data position %d, %d pending train batches)",
                  self.step, self.stream.position, len(self.pending))
 
@@ -188,6 +188,7 @@ class Trainer:
             # these weights are made again after a resume (same position, same seed)
             first = (self.step + self.staleness) * self.plan.rollouts_per_update
             saved, meta["data_position"] = self.producer.done_before(first)
+            saved = [self._global(m) for m in saved]
             meta.update(next_rollout=first, pending_kind="rollouts", rollouts=[
                 {"index": m.index, "end": m.end, "stats": m.stats, "version": m.version,
                  "gen_step": m.gen_step} for m in saved])
@@ -220,15 +221,24 @@ class Trainer:
 
     def collect(self, version: int | None = None) -> tuple[dict, dict]:
         """One rollout batch from the engine at weights `version` (default: the one the
-        trainer synced): generation, rewards, advantages, as host arrays.
+        trainer synced): generation, rewards, advantages, as host arrays (the whole
+        batch on every process, see walar_jax/rl/hosts.py)."""
+        return self.globalize(self.collect_local(version))
 
-        With rollout.stream_chunk_prompts = m > 0 the batch goes out as concurrent
+    def collect_local(self, version: int | None = None) -> dict:
+        """This process's share of one rollout batch: its prompts generated on its
+        sidecars and scored. Only this touches the engine and the reward service (the
+        producer thread runs it); `globalize` joins the processes' shares.
+
+        With rollout.stream_chunk_prompts = m > 0 the share goes out as concurrent
         Generate calls of m prompts, and each chunk is scored as soon as it is back
         while the others still generate, so reward time hides behind generation."""
         c, r = self.c, self.c.rollout
         version = self.weights_version if version is None else version
         tasks = self.stream.take(c.rollout_batch_prompts)
         seed = c.seed * 1_000_003 + self.stream.position
+        lo, hi = hosts.share(len(tasks))
+        tasks = tasks[lo:hi]
         ids = self._prompt_ids(tasks)
         size = r.stream_chunk_prompts or len(tasks)
         spans = [(a, min(a + size, len(tasks))) for a in range(0, len(tasks), size)]
@@ -246,27 +256,39 @@ class Trainer:
             results = [(seqs, items, f.result()) for seqs, items, f in chunks]
         t_reward = time.perf_counter() - t0 - t_gen
         seqs = [x for s, _, _ in results for x in s]
-        rewards = [x for _, _, (rw, _) in results for x in rw]
+        rewards = np.asarray([x for _, _, (rw, _) in results for x in rw], np.float32)
         n_items = sum(len(items) for _, items, _ in results)
-        if len(rewards) != n_items or not all(math.isfinite(x) for x in rewards):
+        if len(rewards) != n_items or not np.all(np.isfinite(rewards)):
             raise RuntimeError(f"reward function returned {len(rewards)} values (finite: "
-                               f"{all(map(math.isfinite, rewards))}) for {n_items} items")
-        parts = _merge_reward_metrics([m for _, _, (_, m) in results])
-        adv = grpo.group_advantages(np.asarray(rewards, np.float32), r.n,
-                                    scale_by_std=c.grpo.scale_by_std)
+                               f"{bool(np.all(np.isfinite(rewards)))}) for {n_items} items")
+        adv = grpo.group_advantages(rewards, r.n, scale_by_std=c.grpo.scale_by_std)
         packed = batch_lib.pack(seqs, np.asarray(adv), bucket=r.length_bucket,
                                 eos_id=self.eos_id if r.eos_on_truncation else None)
-        resp_len = [len(comp.token_ids) for _, comp in seqs]
+        info = {"reward": rewards,
+                "resp_len": np.asarray([len(comp.token_ids) for _, comp in seqs], np.float32),
+                "truncated": np.asarray([comp.finish_reason == "length" for _, comp in seqs],
+                                        np.float32)}
+        return {"batch": packed, "info": info,
+                "reward_metrics": _merge_reward_metrics([m for _, _, (_, m) in results]),
+                "times": {"time_generate_s": t_gen, "time_reward_exposed_s": t_reward},
+                "version": version}
+
+    def globalize(self, local: dict) -> tuple[dict, dict]:
+        """Every process's share joined in process (= prompt) order, and the rollout's
+        metrics over the whole batch. Collective: the main thread calls it."""
+        joined = hosts.gather_rows({**local["batch"], **local["info"]})
+        info = {k: joined.pop(k) for k in local["info"]}
+        metrics = _merge_reward_metrics(hosts.gather_values(local["reward_metrics"]))
+        rewards = info["reward"]
         stats = {
             "reward_mean": float(np.mean(rewards)), "reward_std": float(np.std(rewards)),
             "reward_max": float(np.max(rewards)), "reward_min": float(np.min(rewards)),
-            **{f"reward_{k}": float(v) for k, v in parts.items()},
-            "response_len_mean": float(np.mean(resp_len)),
-            "truncated_share": float(np.mean([comp.finish_reason == "length" for _, comp in seqs])),
-            "time_generate_s": t_gen, "time_reward_exposed_s": t_reward,
-            "rollout_version": version,
+            **{f"reward_{k}": float(v) for k, v in metrics.items()},
+            "response_len_mean": float(np.mean(info["resp_len"])),
+            "truncated_share": float(np.mean(info["truncated"])),
+            **local["times"], "rollout_version": local["version"],
         }
-        return packed, stats
+        return joined, stats
 
     def _generate(self, ids, seed: int, version: int):
         r = self.c.rollout
@@ -319,8 +341,8 @@ class Trainer:
             part["mask"], g.loss_agg, group=g.loss_agg_group, order=order)))
         dev = self._device_batch(part)
         with shd.use_sharding(self.ctx):
-            old = np.asarray(self._logprobs(self.params, dev).block_until_ready())
-            ref = (np.asarray(self._logprobs(self.ref_params, dev).block_until_ready())
+            old = hosts.host(self._logprobs(self.params, dev).block_until_ready())
+            ref = (hosts.host(self._logprobs(self.ref_params, dev).block_until_ready())
                    if self.ref_params is not None else old)
         M, B = old.shape[:2]
         old, ref = old.reshape(M * B, -1), ref.reshape(M * B, -1)
@@ -341,9 +363,9 @@ class Trainer:
     def update(self, part: dict) -> dict:
         """One optimizer step on one train batch (old/ref log-probs already inside)."""
         dev = self._device_batch({k: v for k, v in part.items() if k != "sampled"})
-        sampled = jnp.asarray(batch_lib.micro_batches(part, self.c.micro_batch_size)["sampled"])
-        mean_mis, max_mis = grpo.logprob_mismatch(dev["old_logp"], dev["rollout_logp"],
-                                                  dev["mask"] * sampled)
+        # on the host copies: the same on every process, no cross-host array needed
+        mean_mis, max_mis = grpo.logprob_mismatch(part["old_logp"], part["rollout_logp"],
+                                                  part["mask"] * part["sampled"])
         lr = float(self.schedule(self.step))
         with shd.use_sharding(self.ctx):
             self.params, self.opt_state, m = self._train_step(self.params, self.opt_state, dev)
@@ -379,7 +401,8 @@ class Trainer:
         c = self.c
         writer = writer or MetricsWriter(self.workdir, total_steps=self.total_steps,
                                          start_step=self.step, tensorboard=c.tensorboard,
-                                         wandb_project=c.wandb_project)
+                                         wandb_project=c.wandb_project,
+                                         enabled=hosts.is_primary())
         try:
             # the engine serves exactly this state (also after a resume)
             self._recovering("the first weight sync", self.sync_weights)
@@ -452,9 +475,8 @@ class Trainer:
         return tensors
 
     def _start_producer(self):
-        def collect(version):
-            batch, stats = self.collect(version)
-            return batch, stats, self.stream.position
+        def collect(version):  # in the producer thread: this process's share only
+            return self.collect_local(version), None, self.stream.position
 
         k = self.plan.rollouts_per_update
         self.producer = Producer(
@@ -467,6 +489,13 @@ class Trainer:
         self.saved_rollouts = []
         self.producer.start()
 
+    def _global(self, made: Made) -> Made:
+        """A rollout the producer made, joined over the processes (main thread only: the
+        gathers are collectives); one restored from a checkpoint is joined already."""
+        if made.stats is None:
+            made.batch, made.stats = self.globalize(made.batch)
+        return made
+
     def _rollouts_for_step(self) -> tuple[list[tuple[dict, dict]], int, dict]:
         """The rollouts the next step trains on, their first index, and their metrics."""
         k = self.plan.rollouts_per_update
@@ -476,7 +505,7 @@ class Trainer:
             self.next_rollout += k
             return out, first, {"staleness": 0.0, "rollout_weights_step": float(self.step)}
         first = self.step * k
-        made = [self.producer.take(first + i) for i in range(k)]
+        made = [self._global(self.producer.take(first + i)) for i in range(k)]
         behind = [self.step - m.gen_step for m in made]
         if max(behind) > self.staleness:
             raise RolloutVersionError(f"rollouts {[m.index for m in made]} come from the weights "
