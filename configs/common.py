@@ -85,7 +85,8 @@ def base() -> ml_collections.ConfigDict:
         # trained on), prompts over max_prompt_tokens cut on the right (kept from the
         # start); "left" keeps the end of the prompt (its answer cue) instead.
         min_tokens=1, eos_on_truncation=True, prompt_truncation="right",
-        length_bucket=64, weight_transport="shm", timeout_s=1800.0,
+        # one deadline per call over all its retries: Generate, UpdateWeights
+        length_bucket=64, weight_transport="shm", timeout_s=1800.0, update_timeout_s=600.0,
         # 0: generate, score, update, sync in turn (WALAR). s > 0: a background thread
         # makes the next rollouts while the trainer updates, at most s weight versions
         # behind (see grpo.is_correction for the off-policy correction).

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -72,6 +73,22 @@ def service_pids() -> set[int]:
     return out
 
 
+def marked(mark: str) -> list[int]:
+    """Live processes that inherited this run's marker (train.py and what it started)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"WALAR_CHAOS_MARK={mark}".encode() not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
 def children(pid: int, needle: bytes) -> list[int]:
     found = []
     for child in service_pids():
@@ -112,29 +129,38 @@ def uninterrupted(tiny_dir, shared, tmp_path_factory):
 
 
 def test_killed_reward_service_and_sidecar_are_restarted(tiny_dir, uninterrupted, tmp_path):
-    before = service_pids()
+    """kill -9 of the reward service, then of the sidecar, then a reward service that
+    hangs (SIGSTOP): each is brought back and the step redone."""
+    mark = uuid.uuid4().hex
     log = open(tmp_path / "train.log", "w")
-    proc = subprocess.Popen(train_cmd(tiny_dir, tmp_path), cwd=launch.REPO_ROOT, stdout=log,
-                            stderr=subprocess.STDOUT)
+    # a hung service is noticed through the deadline of the call, then its health check
+    cmd = train_cmd(tiny_dir, tmp_path, "--config.reward.timeout_s=30",
+                    "--config.supervision.health_timeout_s=5")
+    proc = subprocess.Popen(cmd, cwd=launch.REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "WALAR_CHAOS_MARK": mark})
     killed = []
 
     def chaos():
-        for after_rows, needle in ((1, b"reward.server"), (2, b"rollout_server.py")):
+        for after_rows, needle, sig in ((1, b"reward.server", signal.SIGKILL),
+                                        (2, b"rollout_server.py", signal.SIGKILL),
+                                        (3, b"reward.server", signal.SIGSTOP)):
             wait_until(lambda: len(rows(tmp_path)) >= after_rows or proc.poll() is not None)
             target = children(proc.pid, needle)
             if proc.poll() is None and target:
-                os.killpg(target[0], signal.SIGKILL)
-                killed.append(needle)
+                os.killpg(target[0], sig)
+                killed.append((needle, sig))
 
     watcher = threading.Thread(target=chaos)
     watcher.start()
     code = proc.wait(timeout=1800)
     watcher.join()
     assert code == 0, (tmp_path / "train.log").read_text()[-3000:]
-    assert killed == [b"reward.server", b"rollout_server.py"]
+    assert [n for n, _ in killed] == [b"reward.server", b"rollout_server.py", b"reward.server"]
     same_run(uninterrupted, tmp_path)
-    assert rows(tmp_path)[-1]["service_restarts"] == 2.0
-    wait_until(lambda: service_pids() <= before, 60, "the run's services to exit")
+    assert rows(tmp_path)[-1]["service_restarts"] == 3.0
+    text = (tmp_path / "train.log").read_text()
+    assert "reward service does not answer; restarting it" in text  # the SIGSTOPped one
+    wait_until(lambda: not marked(mark), 60, "the run's services to exit")
 
 
 def test_trainer_killed_during_a_save_then_its_latest_checkpoint_truncated(

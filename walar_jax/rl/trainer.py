@@ -383,7 +383,8 @@ class Trainer:
         """Pushes weights; the engine's version moves only if they changed (an
         all-zero-advantage step can leave them identical), and rollouts must then carry
         the version it reports."""
-        res = self.rollout.update_weights(tensors, transport=self.c.rollout.weight_transport)
+        res = self.rollout.update_weights(tensors, transport=self.c.rollout.weight_transport,
+                                          timeout=self.c.rollout.update_timeout_s)
         if self.weights_version is not None and res.changed and res.version <= self.weights_version:
             raise RolloutVersionError(f"sidecar version {res.version} did not advance past "
                                       f"{self.weights_version} after new weights")
