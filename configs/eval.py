@@ -65,7 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.pivots = WALAR_PIVOTS
     c.resource_levels = ""  # file of `code<TAB>level` lines
     c.judge = ml_collections.ConfigDict(dict(
-        url="", model="", key_env="OPENAI_API_KEY", max_sentences=0, workers=4))
+        url="", model="", key_env="OPENAI_API_KEY", max_sentences=0, workers=4,
+        guided_regex=""))  # e.g. "(100|[1-9]?[0-9])": vLLM decodes only such answers
     c.service_timeout_s = 1800.0
     if arg == "tiny":
         c.rollout.server.update(dtype="float32", max_model_len=512)

@@ -1,9 +1,13 @@
-"""Shared by the evaluate tests: where FLORES is, and a loopback stand-in for an
-OpenAI-compatible chat-completions endpoint (the LLM judge's)."""
+"""Shared by the evaluate tests: where FLORES is, vLLM's own OpenAI-compatible server
+for the LLM judge's end-to-end test, and a loopback stand-in for such an endpoint (for
+the fast unit tests of retries and caching)."""
 
+import collections
 import contextlib
+import glob
 import http.server
 import json
+import re
 import threading
 from typing import ClassVar
 
@@ -52,3 +56,44 @@ def serve_fake_openai():
     thread.join(5)
 
 
+JUDGE_MODEL = "tiny-judge"  # the name vLLM serves the judge model under
+_CHAT_ANSWERED = re.compile(r'"POST /v1/chat/completions HTTP/[\d.]+" (\d{3})')
+
+
+@contextlib.contextmanager
+def serve_vllm_judge(model_dir: str, log_path: str, api_key: str, timeout_s: float = 600):
+    """vLLM's OpenAI-compatible server (rollout env, `judge_server.py`) serving `model_dir`
+    as JUDGE_MODEL on loopback, requiring `api_key`; yields the started `launch.Service`
+    (base URL `http://{address}/v1`). The server is stopped on exit, whatever happened."""
+    argv = [launch.env_python("rollout"), "-m", "tests.walar_jax.judge_server",
+            "--model", model_dir, "--served-model-name", JUDGE_MODEL, "--dtype", "float32",
+            "--max-model-len", "2048", "--max-num-seqs", "8", "--enforce-eager"]
+    # the key and the KV cache size by environment: nothing secret in `ps`, 1 GiB of RAM
+    env = {"VLLM_API_KEY": api_key, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    svc = launch.Service("vllm-judge", argv, log_path=log_path, env=env)
+    try:
+        svc.start(timeout_s)
+        yield svc
+    finally:
+        svc.stop()
+
+
+def live_in_group(pgid: int) -> list[int]:
+    """Processes of process group `pgid` that still run (zombies excluded)."""
+    pids = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # (state, ppid, pgrp, ...)
+            pids.append(int(stat.split("/")[2]))
+    return pids
+
+
+def chat_requests(log_path: str) -> collections.Counter:
+    """HTTP status -> chat-completions requests the server answered, from uvicorn's access
+    log (written before the response is sent, so it is complete when the caller has it)."""
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        return collections.Counter(int(m.group(1)) for m in _CHAT_ANSWERED.finditer(f.read()))

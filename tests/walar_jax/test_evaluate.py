@@ -516,6 +516,12 @@ def test_judge_retries_parses_and_never_pays_twice(fake_openai, tmp_path):
     sent = len(FakeOpenAI.seen)
     assert par.mean([a, b, a, b, a], workers=4) == 73.0
     assert par.requests == 2 and len(FakeOpenAI.seen) == sent + 2
+    # judge.guided_regex: sent as vLLM's structured_outputs; such answers have their own keys
+    assert "structured_outputs" not in FakeOpenAI.seen[-1][2]
+    guided = judge_lib.Judge(fake_openai, "judge-model", None, str(cache), guided_regex="[0-9]+")
+    assert guided.score("Hello world.", "Bonjour le monde.", "eng_Latn", "fra_Latn") == 73.0
+    assert guided.requests == 1 and FakeOpenAI.seen[-1][2]["structured_outputs"] == {
+        "regex": "[0-9]+"}
 
 
 def test_judge_fails_clearly(fake_openai, tmp_path):

@@ -6,8 +6,12 @@ import csv
 import json
 import os
 import pathlib
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import sacrebleu
@@ -15,22 +19,18 @@ import sacrebleu
 from walar_jax import launch, services
 from walar_jax.clients import RewardClient, RolloutClient
 from walar_jax.evaluation import cli, flores, generate, metrics
+from walar_jax.evaluation import judge as judge_lib
 from walar_jax.evaluation import model as model_lib
 from walar_jax.models.tiny import make_tiny_checkpoint
 from walar_jax.tokenizer import Tokenizer
 
-from .evaluate_helpers import FLORES, FakeOpenAI, needs_flores, serve_fake_openai
+from .evaluate_helpers import (FLORES, JUDGE_MODEL, chat_requests, live_in_group, needs_flores,
+                               serve_vllm_judge)
 
 pytestmark = [pytest.mark.e2e, needs_flores]
 LANGS = "eng_Latn,fra_Latn,swh_Latn"
 TINY = "--config=configs/eval.py:tiny"  # CPU sidecar, lid.176, no xCOMET/MetricX by default
 LCR_FLAGS = {"qe": "none", "align": False, "masklid": False, "device": "cpu"}
-
-
-@pytest.fixture
-def fake_openai():
-    with serve_fake_openai() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def workdir(tmp_path_factory):
     base = make_tiny_checkpoint(str(root / "base"))
     c = cfglib.load("configs/tiny.py", {"model.path": base, "tensorboard": False})
     cfglib.save(c, str(root / "run"))
-    t = Trainer(c, str(root / "run"), rollout=None, reward_fn=None)
+    t = Trainer(c, str(root / "run"), rollout=None, reward_fn=None, model_dir=base)
     leaves, tree = jax.tree.flatten(t.params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     t.params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
@@ -173,26 +173,103 @@ def test_resume_skips_finished_directions(tiny_dir, addrs, tmp_path, monkeypatch
         cli.main([*argv[:-4], "--max_tokens", "13", "--rollout_address", addrs["rollout"]])
 
 
-def test_judge_and_seen_split_in_a_resumed_run(tiny_dir, addrs, tmp_path, fake_openai, monkeypatch):
-    out = str(tmp_path / "eval")
-    argv = [TINY, "--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
+SCORE_REGEX = "(100|[1-9]?[0-9])"  # what the rubric asks for: a number from 0 to 100
+JUDGE_KEY = "sk-loopback"
+
+
+@pytest.fixture
+def vllm_judge(tmp_path_factory):
+    """vLLM's own OpenAI-compatible server on a tiny random Qwen3 (with its chat template),
+    requiring JUDGE_KEY; one test uses it, so it runs once per module and stops as soon as
+    that test ends, leaving no process behind. Yields (base URL, server log)."""
+    root = tmp_path_factory.mktemp("judge")
+    model = make_tiny_checkpoint(str(root / "model"))
+    log = str(root / "vllm_judge.log")
+    with serve_vllm_judge(model, log, api_key=JUDGE_KEY) as svc:
+        yield f"http://{svc.address}/v1", log
+    deadline = time.monotonic() + 30  # the engine process exits a moment after the server
+    while live_in_group(svc.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = live_in_group(svc.proc.pid)
+    if left:
+        os.killpg(svc.proc.pid, signal.SIGKILL)
+    assert not left, f"vLLM's judge server left processes {left} running"
+
+
+def _judge_argv(out: str, tiny_dir: str, rollout: str, url: str, model: str) -> list[str]:
+    return [TINY, "--model", tiny_dir, "--flores_dir", str(FLORES), "--directions",
             "eng_Latn-fra_Latn,fra_Latn-swh_Latn", "--max_sentences", "2", "--max_tokens", "8",
-            "--out", out, "--rollout_address", addrs["rollout"], "--no_lcr",
-            "--judge_url", fake_openai, "--judge_model", "judge"]
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
-    FakeOpenAI.script = [(200, "41")] * 4
+            "--out", out, "--rollout_address", rollout, "--no_lcr", "--judge_url", url,
+            "--judge_model", model, f"--config.judge.guided_regex={SCORE_REGEX}"]
+
+
+def test_judge_against_vllms_openai_server(tiny_dir, addrs, tmp_path, vllm_judge, monkeypatch):
+    """The judge's whole path against a real server: vLLM accepts its requests (key, chat
+    template, `structured_outputs` from judge.guided_regex: a random model writes no score
+    by itself), the parser reads vLLM's answers, the scores land in results and the cache,
+    a rerun sends nothing, and vLLM's errors come back with its reason. Requests are
+    counted in the server's own access log."""
+    url, log = vllm_judge
+    out = str(tmp_path / "eval")
+    argv = _judge_argv(out, tiny_dir, addrs["rollout"], url, JUDGE_MODEL)
+    monkeypatch.setenv("OPENAI_API_KEY", JUDGE_KEY)
     res = cli.main(argv)
-    nonempty = sum(bool(h["hypothesis"].strip()) for d in res["translated"]
-                   for h in generate.read_hypotheses(out, *d))
-    assert len(FakeOpenAI.seen) == nonempty and FakeOpenAI.seen[0][1] == "Bearer sk-loopback"
+    hyps = {r["direction"]: generate.read_hypotheses(out, r["src"], r["tgt"]) for r in res["rows"]}
+    prompts = {d: [judge_lib.Judge.prompt(h["source"], h["hypothesis"], h["src_lang"],
+                                          h["tgt_lang"]) if h["hypothesis"].strip() else None
+                   for h in hs] for d, hs in hyps.items()}
+    asked = {p for ps in prompts.values() for p in ps if p is not None}
+    assert asked and chat_requests(log) == {200: len(asked)}  # each prompt once, accepted
+    cache_path = os.path.join(out, "judge_cache.jsonl")
+    with open(cache_path, encoding="utf-8") as f:
+        cached = [json.loads(line) for line in f]
+    assert len(cached) == len(asked)
+    for row in cached:  # vLLM's answers, in the rubric's format, as the parser read them
+        assert re.fullmatch(SCORE_REGEX, row["answer"]) and row["score"] == float(row["answer"])
+        assert row["model"] == JUDGE_MODEL
+    # a new judge finds every score in the cache; the run's results hold their means
+    again = judge_lib.Judge(url, JUDGE_MODEL, JUDGE_KEY, cache_path, guided_regex=SCORE_REGEX)
+    csv_rows = _results(out)
     for r in res["rows"]:
-        hyps = generate.read_hypotheses(out, r["src"], r["tgt"])
-        assert r["judge"] == pytest.approx(sum(41.0 if h["hypothesis"].strip() else 0.0
-                                               for h in hyps) / 2)
+        want = sum(again.ask(p) if p else 0.0 for p in prompts[r["direction"]]) / 2
+        assert r["judge"] == pytest.approx(want)
+        assert float(csv_rows[r["direction"]]["judge"]) == pytest.approx(want, abs=1e-4)
+    assert again.requests == 0
     os.remove(os.path.join(out, "scores", "eng_Latn-fra_Latn.json"))  # lose the saved scores
-    cli.main(argv)
-    assert len(FakeOpenAI.seen) == nonempty  # the answers came from the cache
+    rerun = cli.main(argv)
+    assert chat_requests(log) == {200: len(asked)}  # the answers came from the cache
+    assert [r["judge"] for r in rerun["rows"]] == [r["judge"] for r in res["rows"]]
     assert (pathlib.Path(out) / "plots" / "heatmap_judge.png").is_file()
+    # vLLM's refusals come back with its reason and are not retried; nothing is cached
+    shutil.rmtree(os.path.join(out, "scores"))  # score every direction again
+    with pytest.raises(judge_lib.JudgeError,
+                       match=r"HTTP 404 \(NotFoundError\): The model `no-such-judge` does not"):
+        cli.main(_judge_argv(out, tiny_dir, addrs["rollout"], url, "no-such-judge"))
+    first = {p for p in prompts[res["rows"][0]["direction"]] if p}  # the run stops there
+    assert chat_requests(log)[404] == len(first)  # each prompt once: a 404 is not retried
+    _judge_errors(url, log, tmp_path)
+    with open(cache_path, encoding="utf-8") as f:
+        assert len(f.readlines()) == len(asked)
+
+
+def _judge_errors(url: str, log: str, tmp_path: pathlib.Path) -> None:
+    """A wrong key: vLLM's 401, not retried; answers without a score: retried, then
+    reported; neither cached."""
+    before = chat_requests(log)
+    args = ("Hello world.", "Bonjour le monde.", "eng_Latn", "fra_Latn")
+    for key in ("sk-wrong", None):
+        j = judge_lib.Judge(url, JUDGE_MODEL, key, str(tmp_path / "key.jsonl"),
+                            guided_regex=SCORE_REGEX)
+        with pytest.raises(judge_lib.JudgeError, match="HTTP 401: Unauthorized"):
+            j.score(*args)
+    wordy = judge_lib.Judge(url, JUDGE_MODEL, JUDGE_KEY, str(tmp_path / "wordy.jsonl"),
+                            guided_regex="[a-z]{1,6}", max_attempts=3, base_delay_s=0.01)
+    with pytest.raises(judge_lib.JudgeError,
+                       match=r"failed 3 times; last: answer without a 0-100 score: '[a-z]+'"):
+        wordy.score(*args)
+    after = chat_requests(log)
+    assert after[401] == before[401] + 2 and after[200] == before[200] + 3  # real answers
+    assert not (tmp_path / "key.jsonl").exists() and not (tmp_path / "wordy.jsonl").exists()
 
 
 def test_lcr_high_on_references_near_zero_on_other_languages(addrs):

@@ -3,6 +3,8 @@
 Each (model, prompt) is sent once: answers are kept in an append-only JSONL cache, so a
 rerun or a resumed evaluation pays for nothing twice. Transient failures (connection
 errors, HTTP 408/409/429/5xx, an answer without a score) are retried with backoff.
+With `guided_regex`, the server is asked to decode only answers matching it (vLLM's
+structured outputs), so even a small judge model answers in the expected format.
 """
 
 from __future__ import annotations
@@ -41,15 +43,33 @@ def parse_score(text: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def _http_reason(err: urllib.error.HTTPError) -> str:
+    """`HTTP 404 (NotFoundError): The model ... does not exist.` from an OpenAI-style error
+    body; the raw body (cut) when it is not one."""
+    raw = err.read()
+    try:
+        e = json.loads(raw)["error"]
+    except (ValueError, KeyError, TypeError):
+        e = None
+    if isinstance(e, dict) and "message" in e:
+        return f"HTTP {err.code} ({e.get('type', 'error')}): {str(e['message'])[:300]}"
+    if isinstance(e, str):  # {"error": "Unauthorized"}, as vLLM answers a wrong key
+        return f"HTTP {err.code}: {e[:300]}"
+    return f"HTTP {err.code}: {raw[:200]!r}"
+
+
 class Judge:
     """`Judge(base_url, model, api_key, cache_path).score(source, hyp, src, tgt)` -> 0-100."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None, cache_path: str, *,
-                 max_attempts: int = 5, base_delay_s: float = 1.0, timeout_s: float = 60.0):
+                 max_attempts: int = 5, base_delay_s: float = 1.0, timeout_s: float = 60.0,
+                 guided_regex: str | None = None):
+        """`guided_regex` is sent as vLLM's `structured_outputs: {"regex": ...}` (vLLM >=
+        0.10.2; older releases took `guided_regex`, OpenAI's API takes neither)."""
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"--judge_url {base_url!r} must start with http:// or https://")
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key = model, api_key
+        self.model, self.api_key, self.guided_regex = model, api_key, guided_regex or None
         self.max_attempts, self.base_delay_s, self.timeout_s = max_attempts, base_delay_s, timeout_s
         self.cache_path = cache_path
         self.cache: dict[str, dict] = {}
@@ -63,11 +83,16 @@ class Judge:
                         self.cache[row["key"]] = row
 
     def _key(self, prompt: str) -> str:
-        return hashlib.sha256(json.dumps([self.model, prompt]).encode()).hexdigest()
+        # a constrained answer is another answer; unconstrained keys stay as they were
+        parts = [self.model, prompt] + ([self.guided_regex] if self.guided_regex else [])
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def _post(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 16,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        request = {"model": self.model, "temperature": 0, "max_tokens": 16,
+                   "messages": [{"role": "user", "content": prompt}]}
+        if self.guided_regex:
+            request["structured_outputs"] = {"regex": self.guided_regex}
+        body = json.dumps(request).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -94,7 +119,7 @@ class Judge:
             try:
                 answer = self._post(prompt)
             except urllib.error.HTTPError as err:
-                last = f"HTTP {err.code}: {err.read()[:200]!r}"
+                last = _http_reason(err)
                 if err.code not in RETRY_STATUS:
                     raise JudgeError(f"{self.url}: {last}") from None
                 continue

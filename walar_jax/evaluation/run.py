@@ -173,7 +173,8 @@ def _judge(c, rows: list[dict], hyps: dict) -> None:
     key = os.environ.get(j.key_env)
     if not key:
         log.warning("$%s is not set: calling %s without an API key", j.key_env, j.url)
-    judge = Judge(j.url, j.model, key, os.path.join(c.out, "judge_cache.jsonl"))
+    judge = Judge(j.url, j.model, key, os.path.join(c.out, "judge_cache.jsonl"),
+                  guided_regex=j.guided_regex)
     for r in rows:
         h = hyps[r["direction"]]
         r["judge"] = judge.mean(h[:j.max_sentences] if j.max_sentences else h,
