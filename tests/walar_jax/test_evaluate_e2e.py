@@ -65,7 +65,7 @@ def tiny_dir(workdir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def addrs(tiny_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    svcs = [services.rollout_service(tiny_dir, {"dtype": "float32", "kv_cache_gib": 1,
+    svcs = [services.rollout_service(tiny_dir, {"dtype": "float32",
                                                 "max_model_len": 512}, str(logs / "rollout.log")),
             services.reward_service(LCR_FLAGS, str(logs / "reward.log"))]
     with services.started(svcs, timeout_s=600) as by_name:
@@ -128,7 +128,7 @@ def test_3x3_end_to_end_from_a_training_checkpoint(workdir, tiny_dir, addrs, tmp
     assert "### By target resource level" in (out / "summary.md").read_text()
     assert meta["template"] == "chat" and meta["n_sentences"] == 4
     saved = json.loads((out / "config.json").read_text())  # the resolved config
-    assert saved["workdir"] == workdir and saved["rollout"]["server"]["kv_cache_gib"] == 1
+    assert saved["workdir"] == workdir and saved["rollout"]["server"]["max_model_len"] == 512
     assert "resolved config (saved to" in proc.stderr
 
 
