@@ -3,19 +3,51 @@
 Padding and packing both come in as segment ids [B, T] (0 = padding, equal ids attend
 to each other, causally); positions count from 0 at each segment's first real token,
 as vLLM does, unless given.
+
+Layers are either a list of blocks or, with `scan_layers`, one block whose parameters
+are stacked on a leading `layers` axis and run by `nnx.scan`: the compiled program then
+holds one layer's gathered weights at a time, whatever the backend's scheduler does.
+Gemma 3's sliding-window and global layers share one block structure; each layer's kind
+is a scanned boolean that picks its mask and RoPE frequencies.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from walar_jax.models.attention import causal_segment_mask, check_implementation
 from walar_jax.models.config import ModelConfig
-from walar_jax.models.layers import MLP, Attention, RMSNorm
+from walar_jax.models.layers import MLP, Attention, RMSNorm, rope_inv_freq
 from walar_jax.sharding import constrain
+
+# model.remat: what the backward pass may keep of each block's forward instead of
+# recomputing it. True/False are accepted as "nothing_saveable"/"none".
+REMAT_POLICIES = {
+    "none": None,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy_name(remat: bool | str) -> str:
+    name = {True: "nothing_saveable", False: "none"}.get(remat, remat)
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={remat!r}; one of {sorted(REMAT_POLICIES)} (or a bool)")
+    return name
+
+
+def options_from_config(model_cfg: Any) -> dict[str, Any]:
+    """Keyword arguments of `from_pretrained`/`init_random` from a config's `model`
+    section (dtype, param_dtype, remat, scan_layers, attention)."""
+    return dict(dtype=jnp.dtype(model_cfg.dtype), param_dtype=jnp.dtype(model_cfg.param_dtype),
+                remat=model_cfg.remat, scan_layers=bool(model_cfg.get("scan_layers", False)),
+                attention=model_cfg.get("attention", "dense"))
 
 
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -27,62 +59,109 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
     return idx - jax.lax.cummax(start, axis=1)
 
 
-def causal_segment_mask(segment_ids: jax.Array, window: int | None = None) -> jax.Array:
-    """[B, T, S] boolean: query t sees key s <= t of the same non-padding segment (and,
-    with a sliding window, only the last `window` of them, t - s < window)."""
-    T = segment_ids.shape[1]
-    causal = jnp.tril(jnp.ones((T, T), bool))
-    if window is not None:
-        causal &= ~jnp.tril(jnp.ones((T, T), bool), k=-window)
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    return causal[None] & same & (segment_ids[:, None, :] != 0)
+def _pick(sliding, local, full):
+    """The sliding-window variant when `sliding` (a bool, or a traced scalar under scan)."""
+    if local is None or sliding is False:
+        return full
+    if sliding is True:
+        return local
+    return jnp.where(sliding, local, full)
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, sliding=False):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, attention="dense"):
         norm = functools.partial(RMSNorm, cfg.d_model, cfg.rms_eps, param_dtype=param_dtype,
                                  offset=cfg.norm_offset)
         self.pre_attn_norm = norm()
-        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, sliding=sliding)
+        self.attn = Attention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                              attention=attention)
         self.pre_mlp_norm = norm()
         self.mlp = MLP(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         if cfg.post_norms:
             self.post_attn_norm = norm()
             self.post_mlp_norm = norm()
         self.post_norms = cfg.post_norms
-        self.sliding = sliding
+        self.window = cfg.sliding_window
 
-    def __call__(self, x, positions, masks):
-        h = self.attn(self.pre_attn_norm(x), positions, masks[1] if self.sliding else masks[0])
+    def __call__(self, x, ctx: dict, sliding=False):
+        mask = _pick(sliding, ctx["mask_local"], ctx["mask"])
+        inv_freq = _pick(sliding, ctx["inv_freq_local"], ctx["inv_freq"])
+        window = self.window if sliding is True else None
+        h = self.attn(self.pre_attn_norm(x), ctx["positions"], mask, inv_freq, window)
         x = x + (self.post_attn_norm(h) if self.post_norms else h)
         h = self.mlp(self.pre_mlp_norm(x))
         x = x + (self.post_mlp_norm(h) if self.post_norms else h)
         return constrain(x, "batch", "length", "act_embed")
 
 
+def stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs, **kw) -> Block:
+    """One Block whose parameters carry a leading axis of n_layers (logical name `layers`)."""
+    @nnx.split_rngs(splits=cfg.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0,
+              transform_metadata={nnx.PARTITION_NAME: "layers", "axes": "layers"})
+    def make(r):
+        return Block(cfg, rngs=r, **kw)
+    return make(rngs)
+
+
 class Transformer(nnx.Module):
     """Calling it returns logits [B, T, V]; `token_logprobs` avoids materialising them."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 param_dtype=jnp.float32, remat: bool = False):
+                 param_dtype=jnp.float32, remat: bool | str = "none", scan_layers: bool = False,
+                 attention: str = "dense"):
         V, D = cfg.vocab_size, cfg.d_model
         self.embed = nnx.Param(jax.random.normal(rngs.params(), (V, D), param_dtype) * 0.02,
                                axes=("vocab", "embed"))
-        self.layers = nnx.List([
-            Block(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype, sliding=i in cfg.sliding_layers)
-            for i in range(cfg.n_layers)
-        ])
+        kw = dict(dtype=dtype, param_dtype=param_dtype, attention=check_implementation(attention))
+        if scan_layers:
+            self.layers = stacked_blocks(cfg, rngs, **kw)
+        else:
+            self.layers = nnx.List([Block(cfg, rngs=rngs, **kw) for _ in range(cfg.n_layers)])
         self.final_norm = RMSNorm(D, cfg.rms_eps, param_dtype=param_dtype, offset=cfg.norm_offset)
         if not cfg.tie_embeddings:
             self.lm_head = nnx.Param(jax.random.normal(rngs.params(), (V, D), param_dtype) * D**-0.5,
                                      axes=("vocab", "embed"))
         self.cfg = cfg
         self.dtype = dtype
-        self.remat = remat
+        self.remat = remat_policy_name(remat)
+        self.scan_layers = scan_layers
+        self.attention = attention
 
     def unembedding(self) -> jax.Array:
         w = self.embed if self.cfg.tie_embeddings else self.lm_head
         return w[...].astype(self.dtype)
+
+    def _context(self, segment_ids, positions) -> dict:
+        """What every layer shares: positions, masks and RoPE frequencies of both kinds."""
+        cfg = self.cfg
+        local = bool(cfg.sliding_layers)
+        return {
+            "positions": positions,
+            "mask": causal_segment_mask(segment_ids),
+            "mask_local": causal_segment_mask(segment_ids, cfg.sliding_window) if local else None,
+            "inv_freq": rope_inv_freq(cfg.rope_theta, cfg.head_dim, cfg.rope_scaling),
+            "inv_freq_local": (rope_inv_freq(cfg.rope_local_theta or cfg.rope_theta, cfg.head_dim,
+                                             None) if local else None),
+        }
+
+    def _run_layers(self, x, ctx):
+        policy = REMAT_POLICIES[self.remat]
+        sliding = [i in self.cfg.sliding_layers for i in range(self.cfg.n_layers)]
+
+        def run(block, x, flag):
+            return block(x, ctx, flag)
+        if self.remat != "none":
+            run = nnx.remat(run, policy=policy, prevent_cse=not self.scan_layers)
+        if not self.scan_layers:
+            for block, flag in zip(self.layers, sliding):
+                x = run(block, x, flag)
+            return x
+
+        @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
+        def scanned(block, x, flag):
+            return run(block, x, flag)
+        return scanned(self.layers, x, jnp.asarray(sliding))
 
     def hidden_states(self, input_ids, attention_mask=None, *, segment_ids=None, positions=None):
         """Final-normed hidden states [B, T, D]."""
@@ -91,18 +170,11 @@ class Transformer(nnx.Module):
                            else attention_mask.astype(jnp.int32))
         if positions is None:
             positions = segment_positions(segment_ids)
-        masks = (causal_segment_mask(segment_ids),
-                 causal_segment_mask(segment_ids, self.cfg.sliding_window)
-                 if self.cfg.sliding_layers else None)
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(self.dtype)
         if self.cfg.embed_scale:  # Gemma: the scale is rounded to the compute dtype first
             x = x * jnp.asarray(self.cfg.d_model**0.5, self.dtype)
         x = constrain(x, "batch", "length", "act_embed")
-        for block in self.layers:
-            if self.remat:
-                x = nnx.remat(lambda b, *a: b(*a), prevent_cse=False)(block, x, positions, masks)
-            else:
-                x = block(x, positions, masks)
+        x = self._run_layers(x, self._context(segment_ids, positions))
         return self.final_norm(x)
 
     def __call__(self, input_ids, attention_mask=None, *, segment_ids=None, positions=None):
