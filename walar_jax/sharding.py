@@ -26,7 +26,11 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Logical name -> mesh axis (or tuple of axes, or None for replicated).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
+    # Vocabulary-parallel embedding and head: rows split over tensor and fsdp, so the
+    # [V, D] matrices (the largest in the model) are never gathered whole; the logits of a
+    # chunk are computed where their rows live, for the whole batch ("logits_batch").
+    ("vocab", ("tensor", "fsdp")),
+    ("logits_batch", "data"),
     ("embed", "fsdp"),
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),

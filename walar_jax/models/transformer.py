@@ -22,6 +22,7 @@ from flax import nnx
 
 from walar_jax.models.attention import causal_segment_mask, check_implementation
 from walar_jax.models.config import ModelConfig
+from walar_jax.models.fused_scan import scan_accumulating
 from walar_jax.models.layers import MLP, Attention, RMSNorm, rope_inv_freq
 from walar_jax.sharding import constrain
 
@@ -48,6 +49,18 @@ def options_from_config(model_cfg: Any) -> dict[str, Any]:
     return dict(dtype=jnp.dtype(model_cfg.dtype), param_dtype=jnp.dtype(model_cfg.param_dtype),
                 remat=model_cfg.remat, scan_layers=bool(model_cfg.get("scan_layers", False)),
                 attention=model_cfg.get("attention", "dense"))
+
+
+def add_micro_grads(model: "Transformer", acc: dict, grads: dict) -> dict:
+    """acc + grads leaf by leaf (pure dicts of the parameters), except the scanned layers
+    of a model that already added them into `acc["layers"]` in place (see
+    `Transformer.fuses_grad_accumulation`)."""
+    fused = model.fuses_grad_accumulation
+    out = {k: jax.tree.map(lambda a, g: a + g.astype(a.dtype), acc[k], grads[k])
+           for k in acc if not (fused and k == "layers")}
+    if fused:
+        out["layers"] = grads["layers"]
+    return out
 
 
 def segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -128,6 +141,12 @@ class Transformer(nnx.Module):
         self.scan_layers = scan_layers
         self.attention = attention
 
+    @property
+    def fuses_grad_accumulation(self) -> bool:
+        """Whether token_logprobs(..., grad_acc=) adds the layers' gradients into the
+        accumulator in place (scanned layers recomputed in the backward)."""
+        return self.scan_layers and self.remat == "nothing_saveable"
+
     def unembedding(self) -> jax.Array:
         w = self.embed if self.cfg.tie_embeddings else self.lm_head
         return w[...].astype(self.dtype)
@@ -145,9 +164,13 @@ class Transformer(nnx.Module):
                                              None) if local else None),
         }
 
-    def _run_layers(self, x, ctx):
+    def _run_layers(self, x, ctx, grad_acc=None):
         policy = REMAT_POLICIES[self.remat]
         sliding = [i in self.cfg.sliding_layers for i in range(self.cfg.n_layers)]
+        if grad_acc is not None and self.fuses_grad_accumulation:
+            graphdef, stack = nnx.split(self.layers)
+            return scan_accumulating(graphdef, nnx.to_pure_dict(stack), x, ctx,
+                                     jnp.asarray(sliding), grad_acc)
 
         def run(block, x, flag):
             return block(x, ctx, flag)
@@ -163,8 +186,10 @@ class Transformer(nnx.Module):
             return run(block, x, flag)
         return scanned(self.layers, x, jnp.asarray(sliding))
 
-    def hidden_states(self, input_ids, attention_mask=None, *, segment_ids=None, positions=None):
-        """Final-normed hidden states [B, T, D]."""
+    def hidden_states(self, input_ids, attention_mask=None, *, segment_ids=None, positions=None,
+                      grad_acc=None):
+        """Final-normed hidden states [B, T, D]. `grad_acc`: the layers' part of a gradient
+        accumulator, for `fuses_grad_accumulation` (ignored otherwise)."""
         if segment_ids is None:
             segment_ids = (jnp.ones_like(input_ids) if attention_mask is None
                            else attention_mask.astype(jnp.int32))
@@ -174,7 +199,7 @@ class Transformer(nnx.Module):
         if self.cfg.embed_scale:  # Gemma: the scale is rounded to the compute dtype first
             x = x * jnp.asarray(self.cfg.d_model**0.5, self.dtype)
         x = constrain(x, "batch", "length", "act_embed")
-        x = self._run_layers(x, self._context(segment_ids, positions))
+        x = self._run_layers(x, self._context(segment_ids, positions), grad_acc)
         return self.final_norm(x)
 
     def __call__(self, input_ids, attention_mask=None, *, segment_ids=None, positions=None):
@@ -183,13 +208,15 @@ class Transformer(nnx.Module):
         return constrain(logits, "batch", "length", "vocab")
 
     def token_logprobs(self, input_ids, targets, attention_mask=None, *, segment_ids=None,
-                       positions=None, chunk: int = 256, with_entropy: bool = False):
+                       positions=None, chunk: int = 256, with_entropy: bool = False,
+                       grad_acc=None):
         """log p(targets[b, t] | input_ids[b, :t+1]) as [B, T] (and entropy [B, T]).
 
         Logits exist only one chunk of the sequence at a time, and are recomputed in
         the backward pass, so peak memory is B x chunk x V instead of B x T x V.
         """
-        h = self.hidden_states(input_ids, attention_mask, segment_ids=segment_ids, positions=positions)
+        h = self.hidden_states(input_ids, attention_mask, segment_ids=segment_ids,
+                               positions=positions, grad_acc=grad_acc)
         return chunked_logprobs(h, self.unembedding(), targets, chunk=chunk, with_entropy=with_entropy)
 
 
@@ -207,7 +234,7 @@ def chunked_logprobs(h, unembed, targets, *, chunk: int, with_entropy: bool):
     def one(args):
         hx, tx = args
         logits = jnp.einsum("BTD,VD->BTV", hx, unembed).astype(jnp.float32)
-        logits = constrain(logits, "batch", "length", "vocab")
+        logits = constrain(logits, "logits_batch", "length", "vocab")
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, tx[..., None], axis=-1)[..., 0]
         ent = lse - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)
