@@ -9,6 +9,7 @@ time into their place in the stacked parameter, on the devices that hold it);
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -40,6 +41,16 @@ def _layer_sharding(stack: jax.sharding.Sharding) -> jax.sharding.Sharding:
     return stack
 
 
+@functools.lru_cache(maxsize=None)
+def _stack_ops(shape, dtype, sharding):
+    """(make a zero stack in its shards, write one layer into it in place), compiled once
+    per stack shape and sharding."""
+    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+    update = jax.jit(lambda s, x, i: jax.lax.dynamic_update_index_in_dim(s, x, i, 0),
+                     donate_argnums=0, out_shardings=sharding)
+    return zeros, update
+
+
 class _Placer:
     """Puts checkpoint tensors into their shards: whole parameters directly, layers of a
     stacked parameter by a donated in-place update of that layer's slice."""
@@ -49,32 +60,32 @@ class _Placer:
         self.params, self.shards, self.stacked = params, shards, stacked
         self.stacks: dict[str, jax.Array] = {}
         self.loaded: set[tuple[str, int | None]] = set()
-        self._update = {}
 
     def put(self, slot: Slot, arr: np.ndarray) -> None:
         var, sharding = self.params[slot.path], self.shards[slot.path]
         if slot.layer is None:
             var.set_value(jax.make_array_from_callback(var.shape, sharding, lambda i: arr[i]))
         else:
+            zeros, update = _stack_ops(var.shape, np.dtype(var.dtype), sharding)
             if slot.path not in self.stacks:
-                zeros = jax.jit(lambda: jnp.zeros(var.shape, var.dtype), out_shardings=sharding)
                 self.stacks[slot.path] = zeros()
-                self._update[slot.path] = jax.jit(
-                    lambda s, x, i: jax.lax.dynamic_update_index_in_dim(s, x, i, 0),
-                    donate_argnums=0, out_shardings=sharding)
             layer = jax.make_array_from_callback(var.shape[1:], _layer_sharding(sharding),
                                                  lambda i: arr[i])
-            stack = self._update[slot.path](self.stacks[slot.path], layer, jnp.int32(slot.layer))
+            stack = update(self.stacks[slot.path], layer, jnp.int32(slot.layer))
             self.stacks[slot.path] = stack.block_until_ready()
         self.loaded.add((slot.path, slot.layer))
 
     def _is_stack(self, path: str) -> bool:
         return self.stacked and path.startswith("layers.")
 
-    def finish(self, directory: str) -> None:
-        expected = {(p, i) for p, v in self.params.items()
-                    for i in (range(v.shape[0]) if self._is_stack(p) else [None])}
-        missing = sorted(f"{p}[{i}]" if i is not None else p for p, i in expected - self.loaded)
+    def finish(self, directory: str, table) -> None:
+        """Installs the stacks; raises naming the HF tensors the checkpoint lacked."""
+        missing = []
+        for path, var in self.params.items():
+            layers = var.shape[0] if self._is_stack(path) else None
+            for name, slot in table.to_hf(path, n_layers=layers):
+                if (slot.path, slot.layer) not in self.loaded:
+                    missing.append(f"{name} ({path}{'' if layers is None else f'[{slot.layer}]'})")
         if missing:
             raise ValueError(f"{directory}: checkpoint lacks {len(missing)} tensors, "
                              f"e.g. {missing[:5]}")
@@ -116,7 +127,7 @@ def from_pretrained(path_or_id: str, *, dtype=jnp.float32, param_dtype=jnp.float
             raise ValueError(f"{name}: shape {hf_arr.shape} does not fit {slot.path} "
                              f"{shape}") from e
         placer.put(slot, arr)
-    placer.finish(directory)
+    placer.finish(directory, table)
     model = nnx.merge(graphdef, abs_state)
     model.source_dir = directory
     log_model(model, shards)
