@@ -162,3 +162,30 @@ def test_scanned_step_never_holds_a_whole_layer_stack_on_one_device():
     assert largest_stack > 0.2 * 8 * per_device  # a stack is a big share of the model
     assert mem.temp_size_in_bytes < per_device + largest_stack, (
         mem.temp_size_in_bytes, per_device, largest_stack)
+
+
+def test_entropy_bonus_follows_the_entropy_gradient():
+    """With entropy_coef c the step follows d(loss - c * entropy) (the model stops the
+    entropy's gradient only when c is 0, where it is a metric)."""
+    graphdef, params, tx, cfg = setup()
+    b = jax.tree.map(jnp.asarray, batch(1, 4))
+    mb = jax.tree.map(lambda x: x[0], b)
+    model = nnx.merge(graphdef, params)
+
+    def entropy(p):
+        m = nnx.merge(graphdef, p)
+        ids = mb["ids"]
+        _, ent = m.token_logprobs(ids, jnp.roll(ids, -1, 1), segment_ids=mb["seg"], chunk=8,
+                                  with_entropy=True)
+        return (ent * mb["mask"]).sum() / mb["mask"].sum()
+
+    g_ent = jax.grad(entropy)(params)
+    assert model.remat == "none"
+    for coef in (0.0, 0.5):
+        c = LossConfig(logprob_chunk=8, entropy_coef=coef)
+        base = jax.jit(functools.partial(train_step, graphdef, tx, cfg))(params, tx.init(params), b)
+        got = jax.jit(functools.partial(train_step, graphdef, tx, c))(params, tx.init(params), b)
+        # SGD(1.0): params - grad, so the difference of the two steps is coef * d(entropy)
+        for p0, p1, ge in zip(jax.tree.leaves(base[0]), jax.tree.leaves(got[0]),
+                              jax.tree.leaves(g_ent), strict=True):
+            np.testing.assert_allclose(np.asarray(p1 - p0), coef * np.asarray(ge), atol=1e-5)

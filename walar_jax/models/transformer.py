@@ -209,18 +209,23 @@ class Transformer(nnx.Module):
 
     def token_logprobs(self, input_ids, targets, attention_mask=None, *, segment_ids=None,
                        positions=None, chunk: int = 256, with_entropy: bool = False,
-                       grad_acc=None):
-        """log p(targets[b, t] | input_ids[b, :t+1]) as [B, T] (and entropy [B, T]).
+                       entropy_grad: bool = True, grad_acc=None):
+        """log p(targets[b, t] | input_ids[b, :t+1]) as [B, T] (and entropy [B, T]; a
+        metric only, without a gradient, when not `entropy_grad`).
 
-        Logits exist only one chunk of the sequence at a time, and are recomputed in
-        the backward pass, so peak memory is B x chunk x V instead of B x T x V.
+        Logits exist one chunk of the sequence at a time; unless remat is "none", they
+        are recomputed in the backward pass, so peak memory is B x chunk x V instead of
+        B x T x V.
         """
         h = self.hidden_states(input_ids, attention_mask, segment_ids=segment_ids,
                                positions=positions, grad_acc=grad_acc)
-        return chunked_logprobs(h, self.unembedding(), targets, chunk=chunk, with_entropy=with_entropy)
+        return chunked_logprobs(h, self.unembedding(), targets, chunk=chunk,
+                                with_entropy=with_entropy, entropy_grad=entropy_grad,
+                                remat=self.remat != "none")
 
 
-def chunked_logprobs(h, unembed, targets, *, chunk: int, with_entropy: bool):
+def chunked_logprobs(h, unembed, targets, *, chunk: int, with_entropy: bool,
+                     entropy_grad: bool = True, remat: bool = True):
     B, T, D = h.shape
     chunk = min(chunk, T)
     pad = (-T) % chunk
@@ -230,17 +235,20 @@ def chunked_logprobs(h, unembed, targets, *, chunk: int, with_entropy: bool):
     hc = hp.reshape(B, n, chunk, D).swapaxes(0, 1)
     tc = tp.reshape(B, n, chunk).swapaxes(0, 1)
 
-    @jax.checkpoint
     def one(args):
         hx, tx = args
         logits = jnp.einsum("BTD,VD->BTV", hx, unembed).astype(jnp.float32)
         logits = constrain(logits, "logits_batch", "length", "vocab")
         lse = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, tx[..., None], axis=-1)[..., 0]
+        if not with_entropy:
+            return picked - lse, jnp.zeros_like(lse)
+        if not entropy_grad:  # a metric: its backward (a softmax over V) would be waste
+            logits = jax.lax.stop_gradient(logits)
         ent = lse - jnp.sum(jax.nn.softmax(logits, axis=-1) * logits, axis=-1)
         return picked - lse, ent
 
-    lp, ent = jax.lax.map(one, (hc, tc))
+    lp, ent = jax.lax.map(jax.checkpoint(one) if remat else one, (hc, tc))
     lp = lp.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]
     ent = ent.swapaxes(0, 1).reshape(B, n * chunk)[:, :T]
     return (lp, ent) if with_entropy else lp

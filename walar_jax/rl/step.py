@@ -57,10 +57,11 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def token_logprobs(graphdef, params, ids, seg, chunk, grad_acc=None):
+def token_logprobs(graphdef, params, ids, seg, chunk, grad_acc=None, entropy_grad=True):
     model = nnx.merge(graphdef, params)
     return model.token_logprobs(ids, jnp.roll(ids, -1, axis=1), segment_ids=seg, chunk=chunk,
-                                with_entropy=True, grad_acc=grad_acc)
+                                with_entropy=True, entropy_grad=entropy_grad,
+                                grad_acc=grad_acc)
 
 
 def logprob_pass(graphdef, params, batch, *, chunk: int):
@@ -72,7 +73,7 @@ def logprob_pass(graphdef, params, batch, *, chunk: int):
 
 def _micro_loss(params, graphdef, mb, weight, cfg: LossConfig, grad_acc=None):
     logp, ent = token_logprobs(graphdef, params, mb["ids"], mb["seg"], cfg.logprob_chunk,
-                               grad_acc)
+                               grad_acc, entropy_grad=bool(cfg.entropy_coef))
     mask = mb["mask"]
     pg, clipped = grpo.ppo_clip_loss(logp, mb["old_logp"], mb["adv"],
                                      clip_low=cfg.clip_low, clip_high=cfg.clip_high)
