@@ -159,3 +159,26 @@ def test_remat_policies_and_scan_give_the_same_gradients_and_bf16_compute(tmp_pa
     lp32 = jax_logprobs(plain, ids, mask)
     lp16 = jax_logprobs(bf16, ids, mask)
     assert 0 < np.abs(lp32 - lp16).max() < 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_attention_matches_dense_in_bf16(tmp_path):
+    make_hf_qwen3(tmp_path, tie=False)
+    ids, mask = padded_batch(np.random.default_rng(5), 384, [20, 9, 14], 24, left=True)
+    real = (mask[:, 1:] * mask[:, :-1]).astype(bool)
+    lp = {impl: jax_logprobs(models.from_pretrained(str(tmp_path), dtype=jnp.bfloat16,
+                                                    scan_layers=True, attention=impl), ids, mask)
+          for impl in ("dense", "cudnn")}
+    assert np.abs(lp["cudnn"] - lp["dense"])[real].max() < 0.05  # bf16 rounding only
+
+
+def test_attention_choice_errors_are_clear():
+    from walar_jax.models.tiny import tiny_config
+
+    with pytest.raises(ValueError, match="model.attention='flash'; one of"):
+        models.init_random(tiny_config(), attention="flash")
+    fp32 = models.init_random(tiny_config(), attention="cudnn")  # built anywhere, run on GPU
+    ids = jnp.ones((1, 8), jnp.int32)
+    with pytest.raises(ValueError, match="'cudnn' needs bf16 or fp16 compute"):
+        fp32.token_logprobs(ids, ids)

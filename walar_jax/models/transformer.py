@@ -240,7 +240,10 @@ def chunked_logprobs(h, unembed, targets, *, chunk: int, with_entropy: bool,
         logits = jnp.einsum("BTD,VD->BTV", hx, unembed).astype(jnp.float32)
         logits = constrain(logits, "logits_batch", "length", "vocab")
         lse = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, tx[..., None], axis=-1)[..., 0]
+        # a masked sum, not a gather: its backward is elementwise and fuses with the
+        # softmax's instead of scattering into a [B, chunk, V] buffer of zeros
+        hit = tx[..., None] == jnp.arange(logits.shape[-1], dtype=tx.dtype)
+        picked = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
         if not with_entropy:
             return picked - lse, jnp.zeros_like(lse)
         if not entropy_grad:  # a metric: its backward (a softmax over V) would be waste
