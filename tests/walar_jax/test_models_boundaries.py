@@ -63,3 +63,29 @@ def test_same_in_the_environments_without_jax(role):
         pytest.skip(f"no {role} environment at {python}")
     out = _run(str(python))
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_memory_fraction_is_applied_before_jax_starts_and_refused_after():
+    snippet = """
+import os
+from walar_jax import sharding
+sharding.set_memory_fraction(0.45)
+assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.45"
+import jax
+jax.devices()  # the backend starts and reads the variable
+sharding.set_memory_fraction(0.45)  # the same value again is fine
+for bad, err in ((0.3, RuntimeError), (1.5, ValueError)):
+    try:
+        sharding.set_memory_fraction(bad)
+    except err as e:
+        print(type(e).__name__, e)
+    else:
+        raise AssertionError(bad)
+print("ok")
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
+    out = subprocess.run([sys.executable, "-c", snippet], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+    assert "before JAX starts its backend" in out.stdout and "must be in (0, 1]" in out.stdout
