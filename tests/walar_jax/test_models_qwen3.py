@@ -128,6 +128,14 @@ def test_bad_checkpoint_errors_name_the_tensor(tmp_path, scan):
                               [(k, f.shape(k), f.get(k).dtype) for k in keep], f.get)
     with pytest.raises(ValueError, match=r"lacks 1 tensors.*model\.layers\.1\.mlp\.up_proj"):
         models.from_pretrained(str(tmp_path), scan_layers=scan)
+    # a layer the config does not have is refused, not written into another layer
+    extra = "model.layers.2.mlp.up_proj.weight"
+    safetensors_io.write_file(str(tmp_path / "model.safetensors"),
+                              [(k, f.shape(k), f.get(k).dtype) for k in f.keys()]
+                              + [(extra, f.shape(extra.replace(".2.", ".0.")), np.float32)],
+                              lambda k: f.get(k.replace(".2.", ".0.") if k == extra else k))
+    with pytest.raises(ValueError, match=r"model\.layers\.2\.mlp\.up_proj\.weight .* has no place"):
+        models.from_pretrained(str(tmp_path), scan_layers=scan)
 
 
 def test_remat_policies_and_scan_give_the_same_gradients_and_bf16_compute(tmp_path):

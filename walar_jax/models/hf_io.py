@@ -115,7 +115,8 @@ def from_pretrained(path_or_id: str, *, dtype=jnp.float32, param_dtype=jnp.float
     placer = _Placer(params, shards, abstract.scan_layers)
     for name, hf_arr in safetensors_io.iter_checkpoint(directory):
         slot = table.from_hf(name, stacked=abstract.scan_layers)
-        if slot is None or slot.path not in params:
+        if slot is None or slot.path not in params or (
+                slot.layer is not None and slot.layer >= params[slot.path].shape[0]):
             if _skippable(cfg, name, slot):
                 continue
             raise ValueError(f"{directory}: checkpoint tensor {name} {hf_arr.shape} has no "
