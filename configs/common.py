@@ -56,9 +56,18 @@ def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     # Policy: an HF directory or hub id; "tiny" builds the embedded tiny Qwen3 on first use.
+    # remat: none | nothing_saveable | dots_saveable | dots_with_no_batch_dims_saveable.
+    # scan_layers: stack the layers and run them with nnx.scan (one layer's gathered
+    # weights live at a time; with nothing_saveable, gradients accumulate in place).
+    # attention: xla (jax.nn.dot_product_attention, any backend) | cudnn (fused flash
+    # attention, NVIDIA GPUs with bf16) | dense (the reference).
     c.model = ml_collections.ConfigDict(dict(
-        path="tiny", dtype="bfloat16", param_dtype="float32", remat=True, logprob_chunk=256,
+        path="tiny", dtype="bfloat16", param_dtype="float32", remat="nothing_saveable",
+        scan_layers=False, attention="xla", logprob_chunk=256,
     ))
+    # Share of each accelerator's memory JAX may take (0: JAX's default, 75% on GPU);
+    # applied by walar_jax.sharding.set_memory_fraction before JAX starts its backend.
+    c.jax_memory_fraction = 0.0
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.sharding_rules = DEFAULT_RULES
     c.distributed = ml_collections.ConfigDict(dict(
@@ -138,7 +147,13 @@ def base() -> ml_collections.ConfigDict:
 def paper(model_path: str) -> ml_collections.ConfigDict:
     """WALAR's run (the paper's hyperparameters) for one policy checkpoint."""
     c = base()
-    c.model.update(path=model_path, dtype="bfloat16", param_dtype="float32", remat=True)
+    c.model.update(path=model_path, dtype="bfloat16", param_dtype="float32",
+                   remat="nothing_saveable", scan_layers=True, attention="xla")
+    # On NVIDIA GPUs: --config.model.attention=cudnn (fused flash attention).
+    # Per device, the update needs 17.8 GiB on 8 devices and 35.0 GiB on 4 for qwen3_8b
+    # (bench/aot_memory.py, README): half of an 80 GB GPU for JAX, 40% for a vLLM engine
+    # on the same device (16 GB of bf16 weights + KV cache), the rest for CUDA contexts.
+    c.jax_memory_fraction = 0.5
     c.mesh.update(data=1, fsdp=-1, tensor=1)  # all devices on fsdp (bench/aot_memory.py)
     # Reward: WALAR's published rule (scripts/serve_rm.sh): GlotLID top-1 gate, MetricX-24
     # hybrid XXL (bf16) QE on 512 tokens, MaskLID over the 200 FLORES-200 labels picking
@@ -156,7 +171,7 @@ def paper(model_path: str) -> ml_collections.ConfigDict:
     c.data.update(paths=("data/walar_train",), input_key="input_key", extract="whole",
                   target_langs=languages.WALAR_TRAINING_LANGS)
     c.rollout.update(n=8, temperature=1.0, max_tokens=512, max_prompt_tokens=512)
-    c.rollout.server.update(dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.6)
+    c.rollout.server.update(dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.4)
     c.grpo.update(scale_by_std=True, clip_low=0.2, clip_high=0.2, kl_coef=0.01,
                   kl_estimator="k3", kl_clamp=0.0, loss_agg="microbatch_token_mean",
                   loss_agg_group=16)

@@ -10,7 +10,10 @@ def get_config(arg: str | None = None):
     c = common.base()
     c.model.path = "tiny"
     c.model.dtype = "float32"
-    c.model.remat = False
+    c.model.remat = "none"
+    # Scanned like the paper's policies, so the embedded default and its e2e tests run
+    # the same layer stack, HF table and per-layer weight export as the real runs.
+    c.model.scan_layers = True
     c.model.logprob_chunk = 64
     c.data.target_langs = ("fra_Latn", "deu_Latn", "spa_Latn", "swh_Latn")
     c.rollout.update(n=4, max_tokens=48, max_prompt_tokens=256, length_bucket=64)

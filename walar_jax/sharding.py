@@ -13,6 +13,7 @@ import contextvars
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -25,12 +26,17 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Logical name -> mesh axis (or tuple of axes, or None for replicated).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
-    ("vocab", "tensor"),
+    # Vocabulary-parallel embedding and head: rows split over tensor and fsdp, so the
+    # [V, D] matrices (the largest in the model) are never gathered whole; the logits of a
+    # chunk are computed where their rows live, for the whole batch ("logits_batch").
+    ("vocab", ("tensor", "fsdp")),
+    ("logits_batch", "data"),
     ("embed", "fsdp"),
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("head_dim", None),
+    ("layers", None),  # the stacked axis of scanned layers: each device holds every layer
     ("norm", None),
     ("length", None),
     ("act_embed", None),
@@ -151,3 +157,24 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     log.info("jax.distributed: process %d of %d, %d local devices %s; %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(),
              [str(d) for d in jax.local_devices()], jax.device_count())
+
+
+def set_memory_fraction(fraction: float) -> None:
+    """Caps the share of each accelerator's memory JAX's allocator takes (preallocated
+    up front on GPU; 0.75 when unset), so a vLLM engine on the same device fits beside
+    it. Sets XLA_PYTHON_CLIENT_MEM_FRACTION, which JAX reads once, when its backend
+    starts: call this before the first use of any device. 0 leaves JAX's default."""
+    if not fraction:
+        return
+    if not 0 < fraction <= 1:
+        raise ValueError(f"jax_memory_fraction={fraction} must be in (0, 1]")
+    from jax._src import xla_bridge
+
+    value = f"{fraction:.3f}".rstrip("0").rstrip(".")
+    started = getattr(xla_bridge, "backends_are_initialized", lambda: False)()
+    if started and (
+            os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") != value):
+        raise RuntimeError("jax_memory_fraction must be set before JAX starts its backend "
+                           "(before the first jax.devices() or computation)")
+    os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = value
+    log.info("JAX memory fraction per device: %s", value)

@@ -1,24 +1,24 @@
 """A tiny random Qwen3 in the real HF on-disk format, for sidecar tests and benchmarks.
 
-Uses `walar_jax.models.tiny.make_tiny_checkpoint` when the JAX side provides it (same
-files the trainer exports); otherwise builds one with `transformers` and a byte-level
-BPE tokenizer trained in-process. Runs in the rollout and the trainer environment.
+Uses `walar_jax.models.tiny.make_tiny_checkpoint` where JAX is installed (same files the
+trainer exports); otherwise builds one with `transformers` and a byte-level BPE tokenizer
+trained in-process, its config.json written by the trainer's own Qwen3 config writer.
+Runs in the rollout and the trainer environment.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 
-QWEN3_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{% if enable_thinking is defined and enable_thinking is false %}"
-    "{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}{% endif %}"
-)
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+from walar_jax.models import qwen3
+from walar_jax.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, tiny_config
+
+# The trainer's own Qwen3 chat template, special tokens, config.json writer and tiny shape:
+# pure Python, importable without JAX.
+QWEN3_CHAT_TEMPLATE = CHAT_TEMPLATE
+SPECIALS = list(SPECIAL_TOKENS)
 CORPUS = [
     "Translate the following sentence into French: the cat sleeps on the warm mat.",
     "Le chat dort sur le tapis chaud. Der Hund läuft schnell nach Hause.",
@@ -76,21 +76,15 @@ def make_tiny_qwen3(
     n_tok = _train_tokenizer(out, vocab_size)
     specials = json.loads((out / "tokenizer.json").read_text())["added_tokens"]
     ids = {t["content"]: t["id"] for t in specials}
-    config = Qwen3Config(
-        vocab_size=max(vocab_size, n_tok),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        head_dim=head_dim or hidden_size // num_heads * 2,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        torch_dtype="float32",
-    )
+    cfg = tiny_config(vocab_size=max(vocab_size, n_tok), d_model=hidden_size,
+                      n_layers=num_layers, ffn_dim=intermediate_size, n_heads=num_heads,
+                      n_kv_heads=num_kv_heads, head_dim=head_dim or hidden_size // num_heads * 2,
+                      max_position_embeddings=max_position_embeddings,
+                      tie_embeddings=tie_word_embeddings)
+    hf = qwen3.config_to_hf(cfg)
+    hf.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+              pad_token_id=ids["<|endoftext|>"])
+    config = Qwen3Config.from_dict(hf)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).to(torch.float32)
     with torch.no_grad():
@@ -104,10 +98,10 @@ def make_tiny_qwen3(
 
 
 def tiny_checkpoint(out_dir: str | pathlib.Path, seed: int = 0) -> pathlib.Path:
-    """The project's tiny checkpoint when the JAX side exports one, else ours."""
-    try:
-        from walar_jax.models.tiny import make_tiny_checkpoint
-    except ImportError:
+    """The project's tiny checkpoint where JAX can export one, else ours."""
+    if importlib.util.find_spec("jax") is None:
         return make_tiny_qwen3(out_dir, seed=seed)
+    from walar_jax.models.tiny import make_tiny_checkpoint
+
     make_tiny_checkpoint(str(out_dir), seed=seed)
     return pathlib.Path(out_dir)

@@ -5,6 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 
+# Every way of running the policy that CPU supports: layers listed or scanned, dense
+# reference attention or jax.nn.dot_product_attention's XLA path ("cudnn" needs a GPU).
+OPTION_SETS = [
+    dict(scan_layers=False, attention="dense"),
+    dict(scan_layers=True, attention="dense"),
+    dict(scan_layers=False, attention="xla"),
+    dict(scan_layers=True, attention="xla"),
+]
+
+
+def option_id(opts: dict) -> str:
+    return ("scan" if opts["scan_layers"] else "list") + "-" + opts["attention"]
+
 
 def make_hf_qwen3(path, *, tie: bool, seed: int = 0, vocab: int = 384, layers: int = 2):
     import torch
@@ -80,10 +93,11 @@ def make_hf_llama(path, *, tie: bool = False, seed: int = 0, vocab: int = 384):
     return model
 
 
-def gemma3_text_config(vocab: int = 384):
+def gemma3_text_config(vocab: int = 384, tie: bool = True):
     from transformers import Gemma3TextConfig
 
     return Gemma3TextConfig(
+        tie_word_embeddings=tie,
         vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
         sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
@@ -93,13 +107,13 @@ def gemma3_text_config(vocab: int = 384):
     )
 
 
-def make_hf_gemma3(path, *, seed: int = 0, multimodal: bool = False):
+def make_hf_gemma3(path, *, seed: int = 0, multimodal: bool = False, tie: bool = True):
     import torch
     from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
     from transformers import SiglipVisionConfig
 
     torch.manual_seed(seed)
-    text = gemma3_text_config()
+    text = gemma3_text_config(tie=tie)
     if multimodal:
         vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                     num_attention_heads=2, image_size=28, patch_size=14)
@@ -122,7 +136,7 @@ def jax_logprobs(model, ids, mask, chunk: int = 8) -> np.ndarray:
     return np.asarray(lp)[:, :-1]
 
 
-def sharded_and_single_logprobs(path, ids, mask, chunk: int):
+def sharded_and_single_logprobs(path, ids, mask, chunk: int, **options):
     """Log-probs of the checkpoint at `path` on one device and on a (2, 2, 2) mesh of the 8
     fake devices (constraints active), and the sharded model, for comparison."""
     import jax
@@ -130,9 +144,9 @@ def sharded_and_single_logprobs(path, ids, mask, chunk: int):
 
     from walar_jax import models, sharding
 
-    single = models.from_pretrained(str(path))
+    single = models.from_pretrained(str(path), **options)
     mesh = sharding.make_mesh((2, 2, 2))
-    sharded = models.from_pretrained(str(path), mesh=mesh)
+    sharded = models.from_pretrained(str(path), mesh=mesh, **options)
 
     @jax.jit
     def fwd(m, ids, mask):

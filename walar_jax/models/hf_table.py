@@ -2,7 +2,9 @@
 
 A table row names an HF tensor (with `{i}` for the layer index), the JAX parameter
 path, and how the array changes shape. The same rows load checkpoints, export them and
-name tensors for the rollout sidecar.
+name tensors for the rollout sidecar, for a list of layers (`layers.{i}.attn.q_proj`)
+and for stacked, scanned layers alike (`layers.attn.q_proj`, layer i at index i of its
+leading axis). Pure Python and numpy: the rollout and reward environments import it.
 """
 
 from __future__ import annotations
@@ -45,25 +47,49 @@ def _pattern(template: str) -> re.Pattern:
     return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
 
 
+LAYER = "layers.{i}."  # where a JAX path names its layer; stacked models drop the index
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """Where one HF tensor lives in the JAX model: a parameter path and, when the layers
+    are stacked (scanned), the index on the parameter's leading `layers` axis."""
+
+    path: str
+    layer: int | None
+    rule: Rule
+
+
 class Table:
     def __init__(self, rules: Iterable[Rule]):
         self.rules = tuple(rules)
         self._hf = [(_pattern(r.hf), r) for r in self.rules]
         self._jax = [(_pattern(r.jax), r) for r in self.rules]
+        self._stacked = [(_pattern(r.jax.replace(LAYER, "layers.")), r)
+                         for r in self.rules if LAYER in r.jax]
 
-    def from_hf(self, name: str) -> tuple[str, Rule] | None:
-        """JAX path and rule for an HF tensor name, or None if the table has no row."""
+    def from_hf(self, name: str, *, stacked: bool = False) -> Slot | None:
+        """The JAX slot of an HF tensor name, or None if the table has no row for it."""
         for pat, rule in self._hf:
             m = pat.match(name)
-            if m:
-                return rule.jax.format(**m.groupdict()), rule
+            if not m:
+                continue
+            if stacked and LAYER in rule.jax:
+                return Slot(rule.jax.replace(LAYER, "layers."), int(m["i"]), rule)
+            return Slot(rule.jax.format(**m.groupdict()), None, rule)
         return None
 
-    def to_hf(self, path: str) -> tuple[str, Rule]:
+    def to_hf(self, path: str, *, n_layers: int | None = None) -> list[tuple[str, Slot]]:
+        """HF names of one JAX parameter: one name, or (a stacked parameter of a model
+        with `n_layers` scanned layers) one per layer, in layer order."""
+        if n_layers is not None:
+            for pat, rule in self._stacked:
+                if pat.match(path):
+                    return [(rule.hf.format(i=i), Slot(path, i, rule)) for i in range(n_layers)]
         for pat, rule in self._jax:
             m = pat.match(path)
             if m:
-                return rule.hf.format(**m.groupdict()), rule
+                return [(rule.hf.format(**m.groupdict()), Slot(path, None, rule))]
         raise KeyError(f"no HF name for parameter {path!r}")
 
 

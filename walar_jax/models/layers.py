@@ -10,10 +10,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from walar_jax.models.attention import attend, check_implementation
 from walar_jax.models.config import ModelConfig
 from walar_jax.sharding import constrain
-
-NEG_INF = -1e30  # finite, so fully masked (padding) rows give a uniform softmax, not NaN
 
 
 def _init(rngs: nnx.Rngs, shape, fan_in: int, dtype) -> jax.Array:
@@ -64,7 +63,12 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, sliding: bool = False):
+    """GQA with RoPE (and QK-norm where the family has it). The caller passes the mask
+    and RoPE frequencies of the layer's kind, so sliding-window and global layers share
+    one structure (and can be stacked and scanned)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype,
+                 attention: str = "dense"):
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.q_proj = nnx.Param(_init(rngs, (D, N, H), D, param_dtype), axes=("embed", "q_heads", "head_dim"))
         self.k_proj = nnx.Param(_init(rngs, (D, K, H), D, param_dtype), axes=("embed", "kv_heads", "head_dim"))
@@ -75,30 +79,20 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(H, cfg.rms_eps, param_dtype=param_dtype, offset=cfg.norm_offset)
         self.cfg = cfg
         self.dtype = dtype
-        self.sliding = sliding
-        if sliding:
-            self.rope = (cfg.rope_local_theta or cfg.rope_theta, None)
-        else:
-            self.rope = (cfg.rope_theta, cfg.rope_scaling)
+        self.impl = check_implementation(attention)
         self.scale = (cfg.query_pre_attn_scalar or H) ** -0.5
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+                 inv_freq: jax.Array, window: int | None = None) -> jax.Array:
         cfg, dt = self.cfg, self.dtype
         q = jnp.einsum("BTD,DNH->BTNH", x, self.q_proj[...].astype(dt))
         k = jnp.einsum("BSD,DKH->BSKH", x, self.k_proj[...].astype(dt))
         v = jnp.einsum("BSD,DKH->BSKH", x, self.v_proj[...].astype(dt))
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq = rope_inv_freq(self.rope[0], cfg.head_dim, self.rope[1])
         q = constrain(apply_rope(q, positions, inv_freq), "batch", "length", "q_heads", None)
         k = constrain(apply_rope(k, positions, inv_freq), "batch", "length", "kv_heads", None)
-        B, T, N, H = q.shape
-        K = cfg.n_kv_heads
-        q = q.reshape(B, T, K, N // K, H)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32) * self.scale
-        scores = jnp.where(mask[:, None, None], scores, NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        out = attend(q, k, v, mask, scale=self.scale, impl=self.impl, window=window)
         out = constrain(out, "batch", "length", "q_heads", None)
         return jnp.einsum("BTNH,NHD->BTD", out, self.o_proj[...].astype(dt))
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from walar_jax.models.transformer import add_micro_grads
 from walar_jax.rl import grpo
 
 
@@ -40,15 +41,27 @@ def make_optimizer(lr: float, total_steps: int, *, b1=0.9, b2=0.95, eps=1e-8, we
 
     def schedule(count):  # step k uses the rate after k+1 warmup steps: never 0
         return base(count + 1)
-    tx = optax.chain(optax.clip_by_global_norm(clip_norm),
+    tx = optax.chain(clip_by_global_norm(clip_norm),
                      optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     return tx, schedule
 
 
-def token_logprobs(graphdef, params, ids, seg, chunk):
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm as one multiply by min(1, max_norm / norm): XLA fuses it
+    into Adam's update, where optax's select between two trees made XLA:CPU keep one more
+    fp32 copy of the gradients per device (bench/aot_memory.py)."""
+    def update(updates, state, params=None):
+        del params
+        scale = jnp.minimum(1.0, max_norm / jnp.maximum(optax.tree.norm(updates), 1e-30))
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def token_logprobs(graphdef, params, ids, seg, chunk, grad_acc=None, entropy_grad=True):
     model = nnx.merge(graphdef, params)
     return model.token_logprobs(ids, jnp.roll(ids, -1, axis=1), segment_ids=seg, chunk=chunk,
-                                with_entropy=True)
+                                with_entropy=True, entropy_grad=entropy_grad,
+                                grad_acc=grad_acc)
 
 
 def logprob_pass(graphdef, params, batch, *, chunk: int):
@@ -58,10 +71,11 @@ def logprob_pass(graphdef, params, batch, *, chunk: int):
     return jax.lax.map(one, {"ids": batch["ids"], "seg": batch["seg"]})
 
 
-def _micro_loss(params, graphdef, mb, cfg: LossConfig):
+def _micro_loss(params, graphdef, mb, cfg: LossConfig, grad_acc=None):
     """This micro-batch's share of the train batch's loss: per-token terms weighted by
     `mb["w"]` (grpo.token_weights over the whole train batch, so shares add up exactly)."""
-    logp, ent = token_logprobs(graphdef, params, mb["ids"], mb["seg"], cfg.logprob_chunk)
+    logp, ent = token_logprobs(graphdef, params, mb["ids"], mb["seg"], cfg.logprob_chunk,
+                               grad_acc, entropy_grad=bool(cfg.entropy_coef))
     w = mb["w"]
     pg, clipped = grpo.ppo_clip_loss(logp, mb["old_logp"], mb["adv"],
                                      clip_low=cfg.clip_low, clip_high=cfg.clip_high)
@@ -93,10 +107,14 @@ def train_step(graphdef, tx, cfg: LossConfig, params, opt_state, batch, *, param
             return tree
         return jax.tree.map(jax.lax.with_sharding_constraint, tree, param_shardings)
 
+    model = nnx.merge(graphdef, params)
+
     def body(acc, mb):
-        (loss, parts), g = grad_fn(params, graphdef, mb, cfg)
         grads, sums = acc
-        grads = shard_like_params(jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g))
+        # scanned layers add their gradients into grads["layers"] in place (no second copy)
+        layer_acc = grads["layers"] if model.fuses_grad_accumulation else None
+        (loss, parts), g = grad_fn(params, graphdef, mb, cfg, layer_acc)
+        grads = shard_like_params(add_micro_grads(model, grads, g))
         sums = jax.tree.map(jnp.add, sums, {"loss": loss, **parts})
         return (grads, sums), None
 

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def main(config, workdir: str) -> None:
+    # before anything starts JAX's backend (jax.distributed included), or it is too late
+    shd.set_memory_fraction(config.jax_memory_fraction)
     if config.distributed.initialize:
         d = config.distributed
         shd.initialize_distributed(d.coordinator_address or None, d.num_processes or None,

@@ -107,9 +107,8 @@ class Trainer:
                  jax.default_backend())
         self.tokenizer = Tokenizer(self.model_dir)
         with shd.use_sharding(self.ctx):
-            model = models.from_pretrained(self.model_dir, dtype=jnp.dtype(c.model.dtype),
-                                           param_dtype=jnp.dtype(c.model.param_dtype),
-                                           mesh=self.mesh, remat=c.model.remat)
+            model = models.from_pretrained(self.model_dir, mesh=self.mesh,
+                                           **models.options_from_config(c.model))
         self.graphdef, state = nnx.split(model)
         self.params = nnx.to_pure_dict(state)
         self.param_shardings = models.sharding_tree(model, self.mesh)

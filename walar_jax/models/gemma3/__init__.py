@@ -1,7 +1,8 @@
 """Gemma 3 text decoder (translategemma-4b-it): sliding-window and global layers with
 their own RoPE bases, QK-norm, four norms per block stored as (scale - 1), embeddings
 times sqrt(d_model), GeGLU, tied embeddings. Loads text-only checkpoints and the text
-decoder of multimodal `Gemma3ForConditionalGeneration` ones; exports text-only."""
+decoder of multimodal `Gemma3ForConditionalGeneration` ones, tied or untied; exports
+text-only."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ ARCHITECTURE = "Gemma3ForCausalLM"
 # multimodal layouts of transformers >= 4.52 and older.
 PREFIXES = ("model.", "model.language_model.", "language_model.model.")
 # Multimodal parts the policy does not use.
-IGNORE = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.|^(language_model\.)?lm_head\.weight$")
+IGNORE = re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\.")
 
 
 def _norm_rules(prefix: str) -> list[Rule]:
@@ -33,7 +34,12 @@ def _norm_rules(prefix: str) -> list[Rule]:
     ]
 
 
-HF_TABLE = Table([r for p in PREFIXES for r in (*projection_rules(p), *_norm_rules(p))])
+# The head of an untied checkpoint (tied ones may store a copy, which loading skips):
+# text-only and transformers >= 4.52 multimodal name it lm_head.weight, older multimodal
+# checkpoints language_model.lm_head.weight.
+HF_TABLE = Table([*(r for p in PREFIXES for r in (*projection_rules(p), *_norm_rules(p))),
+                  Rule("lm_head.weight", "lm_head"),
+                  Rule("language_model.lm_head.weight", "lm_head")])
 
 _GEMMA_KEYS = {"layer_types", "sliding_window", "sliding_window_pattern", "query_pre_attn_scalar",
                "final_logit_softcapping", "attn_logit_softcapping", "hidden_activation",
