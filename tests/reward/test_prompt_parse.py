@@ -8,6 +8,7 @@ import pytest
 
 from protos import languages
 from protos import prompt_parse as pp
+from remote_rm_helpers import openrlhf_query
 from tests.walar_jax import tokenizer_fixtures as fx
 from walar_jax import prompts
 from walar_jax.prompts import walar
@@ -43,16 +44,6 @@ CASES = [
 # directions the tiny translategemma template's language table has
 DIRECTIONS = [("eng_Latn", "fra_Latn"), ("eng_Latn", "zho_Hans"), ("fra_Latn", "swh_Latn"),
               ("hin_Deva", "kor_Hang"), ("ukr_Cyrl", "deu_Latn")]
-
-
-def openrlhf_query(tok, prompt: str, response: str) -> str:
-    """A query as OpenRLHF builds it (WALAR's fork, experience_maker.py `_generate_vllm`
-    and `make_experience`): the prompt tokenized with add_special_tokens=False, the
-    response tokens with EOS appended when missing, the sequence decoded with
-    skip_special_tokens=False."""
-    ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    ids += tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    return tok.batch_decode([ids], skip_special_tokens=False)[0]
 
 
 @pytest.mark.parametrize("template,tok_name,fmt", CASES)
