@@ -228,3 +228,67 @@ def test_reward_functions_for_a_token_protected_service(embedded_server, toks, m
     monkeypatch.delenv("WALAR_REWARD_TOKEN_FILE")
     with pytest.raises(RuntimeError, match="HTTP 401"):
         module.reward_func(queries, None, None)
+
+
+@pytest.fixture
+def light_http():
+    """The endpoints in this process over the real scorer without models (--no_lid
+    --no_align --qe none): for what does not need them (TLS, connection limit)."""
+    from reward.batching import ChunkedScorer
+    from reward.http import HttpOptions, RewardApp, start_http
+    from reward.scorer import RewardConfig, RewardScorer
+
+    app = RewardApp(ChunkedScorer(RewardScorer(config=RewardConfig(penalty=0.0))),
+                    HttpOptions(), lambda: {"serving": True})
+    servers = []
+
+    def start(**kw):
+        server, port = start_http(app, "127.0.0.1", 0, token="tok", **kw)
+        servers.append(server)
+        return port
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+QUERY = ("<|im_start|>user\nGood morning.\nTranslate from English to French:<|im_end|>\n"
+         "<|im_start|>assistant\n<think>\n\n</think>\n\nBonjour.<|im_end|>")
+
+
+def test_https_with_tls_flags(light_http, tmp_path):
+    import subprocess
+
+    import requests
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                           "-keyout", str(key), "-out", str(cert), "-days", "1",
+                           "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"openssl could not make a certificate: {made.stderr[-200:]!r}")
+    port = light_http(tls_cert=str(cert), tls_key=str(key))
+    res = requests.post(f"https://localhost:{port}/get_reward", json={"query": [QUERY]},
+                        headers={"Authorization": "Bearer tok"}, verify=str(cert), timeout=60)
+    assert res.status_code == 200 and res.json()["items"][0]["format"] == "walar"
+    with pytest.raises(requests.ConnectionError):  # plaintext to the TLS port
+        requests.post(f"http://localhost:{port}/get_reward", json={"query": [QUERY]},
+                      headers={"Authorization": "Bearer tok"}, timeout=60)
+
+
+def test_connections_past_the_limit_get_503(light_http):
+    import socket
+
+    import requests
+
+    port = light_http(max_connections=2)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        res = requests.get(f"http://127.0.0.1:{port}/health",
+                           headers={"Authorization": "Bearer tok"}, timeout=60)
+        assert res.status_code == 503 and "--http_max_connections" in res.json()["error"]
+    finally:
+        for sock in held:
+            sock.close()
