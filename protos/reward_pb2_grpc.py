@@ -32,7 +32,9 @@ class RewardServicer(object):
     def Score(self, request, context):
         """Scores a batch. An unknown language fails the whole call with INVALID_ARGUMENT
         naming it; a bad item (empty, undecodable, too long) only gets a status and the
-        penalty.
+        penalty. The batch is scored in chunks (--score_chunk) under a first-come lock, so
+        other calls wait one chunk, not a batch; past --max_concurrent_scores calls in
+        flight, a call gets UNAVAILABLE at once (retry later) and Health stays answered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -100,17 +100,24 @@ def _pick(iso3: str, script: str | None) -> Language | None:
     return found[0] if found else None
 
 
+def _shown(text, limit: int = 60) -> str:
+    """A caller's string as an error shows it: clipped, so that a 10,000-character
+    "language" cannot push an error past gRPC's 8 KiB trailer limit."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(text)} characters)"
+
+
 def resolve(text: str) -> Language:
     """FLORES code, ISO 639-1/3 code or English name -> Language; raises naming it."""
     if not isinstance(text, str) or not text.strip():
-        raise UnknownLanguageError(f"empty or non-string language {text!r}")
+        raise UnknownLanguageError(f"empty or non-string language {_shown(text)}")
     key = text.strip().replace("-", "_")
     lang = _index().get(key.lower())
     if lang is None and re.fullmatch(r"[a-z]{3}_[A-Z][a-z]{3}", key):  # e.g. cmn_Hans
         lang = _pick(*key.split("_"))  # same group, same or compatible script
     if lang is None:
         raise UnknownLanguageError(
-            f"unknown language {text!r}: use a FLORES-200 code (swh_Latn), an ISO 639-1/3 "
+            f"unknown language {_shown(text)}: use a FLORES-200 code (swh_Latn), an ISO 639-1/3 "
             "code (sw, swh) or an English name (Swahili)"
         )
     return lang

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from protos import reward_metrics
+from protos.languages import languages
 from reward.languages import Language, LabelMatcher, UnknownLanguageError, resolve
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class RewardScorer:
         self.matcher = matcher or (masklid.matcher if masklid is not None else LabelMatcher())
         self._can_label: dict[str, bool] = {}
         self._can_mask: dict[str, bool] = {}
+        self._gated: frozenset[str] | None = None
 
     @staticmethod
     def resolve_languages(items: Sequence[RawItem]) -> list[tuple[Language, Language]]:
@@ -162,6 +164,16 @@ class RewardScorer:
             texts.append((src, hyp, ref))
             scores.append(score)
         return texts, scores
+
+    def gated_languages(self) -> frozenset[str]:
+        """FLORES-200 codes of the table whose language some label of the identifier
+        names: the targets the gate checks (none without an identifier). For the others
+        the gate is skipped (`gate_skipped`), so clients refuse them unless told not to."""
+        if self._gated is None:
+            self._gated = frozenset() if self.lid is None else frozenset(
+                lang.code for lang in languages()
+                if self.matcher.can_label(self.lid.raw_labels, lang))
+        return self._gated
 
     def can_label(self, lang: Language) -> bool:
         """Whether any label of the identifier names `lang` (else its gate is skipped)."""

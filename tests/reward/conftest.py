@@ -107,3 +107,24 @@ def metricx_dirs(models_dir, flores) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def xcomet_dir(models_dir, flores) -> str:
     return tiny_models.build_xcomet(models_dir)
+
+
+EMBEDDED_TOKEN = "emb3dded"
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory):
+    """The real server on the embedded default (lid.176 gate, MaskLID, MiniLM QE and
+    alignment) with its HTTP endpoints, started as the trainer starts it (token in a 0600
+    file). Yields (Service, HTTP base URL); the test modules that share it each leave it
+    as they found it."""
+    from walar_jax.launch import Service  # stdlib only: the launcher the trainer uses
+
+    d = tmp_path_factory.mktemp("embedded")
+    http_file = d / "http_port"
+    svc = Service("reward", [sys.executable, "-m", "reward.server", "--device", "cpu",
+                             "--http_port", "0", "--http_port_file", str(http_file)],
+                  log_path=str(d / "log"), env={"HF_HUB_OFFLINE": "1"},
+                  token=EMBEDDED_TOKEN).start(timeout_s=300)
+    yield svc, f"http://127.0.0.1:{http_file.read_text().strip()}"
+    svc.stop()

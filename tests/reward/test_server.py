@@ -24,7 +24,10 @@ def test_help_lists_the_flags():
                  "--align", "--no_align", "--align_model", "--align_layer", "--alpha",
                  "--masklid", "--no_masklid", "--device", "--allow_remote", "--port_file",
                  "--rule", "--label_match", "--segment", "--masklid_labels",
-                 "--masklid_min_share", "--hanlp_model", "--qe_max_length"):
+                 "--masklid_min_share", "--hanlp_model", "--qe_max_length", "--score_chunk",
+                 "--max_concurrent_scores", "--http_port", "--http_port_file",
+                 "--http_max_bytes", "--http_max_connections", "--http_allow_ungated",
+                 "--http_labels"):
         assert flag in out, flag
 
 
@@ -41,6 +44,11 @@ def test_rule_fills_the_flags_left_unset():
     assert (mixed.label_match, mixed.segment, mixed.masklid_min_share) == ("group", "walar", 0)
     assert parse_args(["--label_match", "group"]).segment == "walar"
     assert parse_args(["--rule", "ours", "--no-masklid"]).masklid_min_share == 0.0
+
+
+def test_chunk_and_limits_must_be_positive():
+    res = _run(["--score_chunk", "0", "--no-lid", "--no-align", "--qe", "none"])
+    assert res.returncode != 0 and "--score_chunk must be >= 1" in res.stderr
 
 
 def test_share_gate_without_masklid_is_refused():

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from protos import reward_metrics, reward_pb2, reward_pb2_grpc
+from protos import languages, reward_metrics, reward_pb2, reward_pb2_grpc
 from protos.service import identity_proof
 from walar_jax.clients.common import (
     AuthenticationError,
@@ -188,6 +188,21 @@ class RewardClient:
             h = self._call(k, "Health", reward_pb2.HealthRequest(), timeout)
             out.append({f.name: getattr(h, f.name) for f in h.DESCRIPTOR.fields})
         return out
+
+    def ungated(self, codes: Sequence[str], timeout: float | None = 30.0) -> list[str]:
+        """The targets among `codes` (FLORES-200 codes) whose language gate some server
+        cannot check (`Health.gated_langs`: its identifier has no label for them, or it
+        runs without one), in the order given, each once. Scoring them skips the gate, so
+        "1234567890 ..." would pass as a translation: refuse them unless that is wanted.
+        Raises ValueError naming a code that is not FLORES-200."""
+        unknown = [c for c in codes if c not in languages.by_code()]
+        if unknown:
+            raise ValueError(f"not FLORES-200 codes: {unknown} (see {languages.TABLE.name})")
+        gated: set[str] | None = None
+        for k in range(len(self.addresses)):
+            h = self._call(k, "Health", reward_pb2.HealthRequest(), timeout)
+            gated = set(h.gated_langs) if gated is None else gated & set(h.gated_langs)
+        return [c for c in dict.fromkeys(codes) if c not in gated]
 
     def verify_identity(self, timeout: float | None = 30.0) -> None:
         """Raises unless every server proves it holds this client's token (a random

@@ -108,6 +108,21 @@ def test_client_side_validation_names_the_problem(server):
             client.score([])
 
 
+def test_ungated_names_the_targets_the_gate_cannot_check(server):
+    """The embedded lid.176 has no Hausa, Wolof or Zulu label: for them the gate is
+    skipped, so "1234567890 ..." passes as a translation (it scores like one, see
+    tests/reward/test_http.py). The trainer asks before it trains."""
+    with RewardClient([server.address, server.address], token=TOKEN) as client:
+        got = client.ungated(["fra_Latn", "hau_Latn", "swh_Latn", "wol_Latn", "zul_Latn",
+                              "hau_Latn", "yor_Latn"])
+        assert got == ["hau_Latn", "wol_Latn", "zul_Latn"]
+        assert client.ungated(["fra_Latn", "deu_Latn"]) == []
+        with pytest.raises(ValueError, match=r"not FLORES-200 codes: \['French', 'xx'\]"):
+            client.ungated(["fra_Latn", "French", "xx"])
+        batch = client.score([_item("1234567890 " * 8, tgt="hau_Latn")])
+    assert batch.items[0].gate_skipped and batch.items[0].language_ok
+
+
 def test_token_auth(server):
     for token in (None, "wrong"):
         with RewardClient(server.address, token=token) as client:
