@@ -107,6 +107,10 @@ def base() -> ml_collections.ConfigDict:
     ))
     c.reward = ml_collections.ConfigDict(dict(
         addresses=(), token="", timeout_s=600.0,  # none: train.py starts the service
+        # Targets whose language the service's identifier cannot name get no gate (any
+        # text passes it, "1234567890 ..." included): train.py refuses them at start-up
+        # unless this is True; then every step that scores one logs a warning.
+        allow_ungated=False,
         server=reward_server(),  # flags of `python -m reward.server` when train.py starts it
     ))
     c.grpo = ml_collections.ConfigDict(dict(

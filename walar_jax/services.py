@@ -85,6 +85,25 @@ class SupervisionError(RuntimeError):
     """A service kept failing past its restart bound, or a given address never came back."""
 
 
+def check_gated(reward, targets, allow: bool, timeout: float | None = 30.0) -> list[str]:
+    """The targets among `targets` the reward service's language gate cannot check
+    (RewardClient.ungated). Raises ConfigError naming them unless `allow`
+    (reward.allow_ungated): scored without a gate, any text in any language passes."""
+    from walar_jax.rl.plan import ConfigError
+
+    ungated = reward.ungated(list(targets), timeout=timeout)
+    if ungated and not allow:
+        raise ConfigError(
+            f"data.target_langs {ungated}: the reward service's language identifier has no "
+            "label for them, so their outputs would skip the language gate (a copy of the "
+            "source or digits would pass); drop them, serve an identifier that names them "
+            "(GlotLID), or set reward.allow_ungated=True")
+    if ungated:
+        log.warning("training into targets without a language gate: %s "
+                    "(reward.allow_ungated=True)", ungated)
+    return ungated
+
+
 class TrainingServices:
     """The rollout engine and the reward service of a training run, supervised.
 
@@ -102,6 +121,7 @@ class TrainingServices:
         self.c = config
         self.started: dict[str, launch.Service] = {}
         self.restarts = {"rollout": 0, "reward": 0}
+        self.ungated: list[str] = []  # targets scored without a gate (reward.allow_ungated)
         self._make = {}
         import jax
 
@@ -125,6 +145,9 @@ class TrainingServices:
                     self._start(name)
             self._connect("rollout")
             self._connect("reward")
+            self.ungated = check_gated(self.reward, self.c.data.target_langs,
+                                       self.c.reward.allow_ungated,
+                                       timeout=self.c.supervision.health_timeout_s)
         except BaseException:
             self.close()
             raise

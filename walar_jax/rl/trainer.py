@@ -412,6 +412,10 @@ class Trainer:
             while self.step < self.total_steps:
                 metrics = self.train_step()
                 writer.write(self.step, metrics)
+                if metrics.get("reward_n_gate_skipped", 0) > 0:
+                    log.warning("step %d: %d samples scored without the language gate "
+                                "(targets the identifier cannot name; reward.allow_ungated)",
+                                self.step, int(metrics["reward_n_gate_skipped"]))
                 if self.step % c.checkpoint_every == 0 or self.step >= self.total_steps:
                     self.save_checkpoint()
                 if c.export_every and self.step % c.export_every == 0:

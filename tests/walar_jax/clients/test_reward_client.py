@@ -123,6 +123,22 @@ def test_ungated_names_the_targets_the_gate_cannot_check(server):
     assert batch.items[0].gate_skipped and batch.items[0].language_ok
 
 
+def test_trainer_refuses_ungated_targets_unless_allowed(server, caplog):
+    """train.py's start-up check (services.check_gated) on the real service: Hausa is
+    refused by name, allowed (and warned about) with reward.allow_ungated."""
+    from walar_jax.rl.plan import ConfigError
+    from walar_jax.services import check_gated
+
+    with RewardClient(server.address, token=TOKEN) as client:
+        with pytest.raises(ConfigError, match=r"\['hau_Latn'\].*reward.allow_ungated=True"):
+            check_gated(client, ("fra_Latn", "hau_Latn"), allow=False)
+        assert check_gated(client, ("fra_Latn", "swh_Latn"), allow=False) == []
+        with caplog.at_level(logging.WARNING):
+            assert check_gated(client, ("hau_Latn", "zul_Latn"), allow=True) == [
+                "hau_Latn", "zul_Latn"]
+    assert "without a language gate: ['hau_Latn', 'zul_Latn']" in caplog.text
+
+
 def test_token_auth(server):
     for token in (None, "wrong"):
         with RewardClient(server.address, token=token) as client:
