@@ -5,6 +5,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venvs="${WALAR_VENVS:-$root/.venv}"
 cd "$root"
 passed=0; failed=0; skipped=0; status=0
+echo "=== ruff check (.venv/trainer) ==="
+"$venvs/trainer/bin/python" -m ruff check . || status=1
 for pair in trainer:tests/walar_jax reward:tests/reward rollout:tests/rollout; do
   role="${pair%%:*}"; dir="${pair#*:}"
   [ -d "$dir" ] || continue
