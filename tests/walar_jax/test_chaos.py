@@ -48,6 +48,7 @@ def train_cmd(tiny_dir, workdir, *extra):
     return [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={workdir}",
             f"--config.model.path={tiny_dir}", f"--config.total_steps={STEPS}",
             "--config.tensorboard=False", "--config.service_start_timeout_s=600",
+            "--config.reward.allow_ungated=True",  # the gate is off (REWARD_FLAGS)
             *REWARD_FLAGS, *extra]
 
 

@@ -82,7 +82,8 @@ def launch_run(tiny_dir, workdir, rollouts, reward, *, processes, audit_dir=None
                f"--config.model.path={tiny_dir}", f"--config.total_steps={STEPS}",
                f"--config.rollout.addresses={tuple(rollouts)!r}",
                f"--config.reward.addresses=('{reward}',)", "--config.tensorboard=True",
-               "--config.checkpoint_every=1", *extra]
+               "--config.checkpoint_every=1",
+               "--config.reward.allow_ungated=True", *extra]  # its service runs --no_lid
         if processes > 1:
             cmd += ["--config.distributed.initialize=True",
                     f"--config.distributed.coordinator_address=127.0.0.1:{port}",

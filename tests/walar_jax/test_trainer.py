@@ -119,7 +119,14 @@ def _train_cmd(tiny_dir, services, workdir, steps):
     return [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={workdir}",
             f"--config.model.path={tiny_dir}", f"--config.rollout.addresses=('{rollout_addr}',)",
             f"--config.reward.addresses=('{ungated_addr}',)", f"--config.total_steps={steps}",
-            "--config.checkpoint_every=2", "--config.tensorboard=False"]
+            "--config.checkpoint_every=2", "--config.tensorboard=False",
+            "--config.reward.allow_ungated=True"]  # the --no_lid service
+
+
+def _train(cmd):
+    """Runs train.py; a failure shows the end of its log."""
+    done = subprocess.run(cmd, cwd=launch.REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _final_state(workdir):
@@ -137,8 +144,7 @@ def _final_state(workdir):
 
 def test_kill_and_resume_continues_with_the_same_data(tiny_dir, services, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_train_cmd(tiny_dir, services, full, 5), check=True, cwd=launch.REPO_ROOT,
-                   capture_output=True)
+    _train(_train_cmd(tiny_dir, services, full, 5))
     proc = subprocess.Popen(_train_cmd(tiny_dir, services, killed, 5), cwd=launch.REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = killed / "metrics.jsonl"
@@ -150,8 +156,7 @@ def test_kill_and_resume_continues_with_the_same_data(tiny_dir, services, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (killed / "checkpoints" / "2").exists()
-    subprocess.run(_train_cmd(tiny_dir, services, killed, 5), check=True, cwd=launch.REPO_ROOT,
-                   capture_output=True)
+    _train(_train_cmd(tiny_dir, services, killed, 5))
     a, b = read_metrics(full), read_metrics(killed)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
     assert [r["data_position"] for r in a] == [r["data_position"] for r in b]

@@ -35,7 +35,9 @@ def export_step(workdir: str, step: int | None, out_dir: str) -> str:
         config = json.load(f)
     base_dir = resolve_model_path(config["model"]["path"])
     param_dtype = jnp.dtype(config["model"].get("param_dtype", "float32"))
-    model = models.from_pretrained(base_dir, dtype=param_dtype, param_dtype=param_dtype)
+    # the checkpoint's layout: layers stacked when the run scanned them
+    model = models.from_pretrained(base_dir, dtype=param_dtype, param_dtype=param_dtype,
+                                   scan_layers=bool(config["model"].get("scan_layers", False)))
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     restored, _ = checkpoint.Checkpointer(workdir).restore_params(
