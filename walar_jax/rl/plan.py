@@ -156,6 +156,7 @@ def _trainer_device_count(c, n_devices: int) -> int:
 def _check_placement(c) -> None:
     p = c.placement
     trainer, rollout = device_list(c, "trainer"), device_list(c, "rollout")
+    device_list(c, "reward")  # its syntax
     for name in ("rollout", "reward"):
         if [a for a in c[name].addresses if a] and device_list(c, name) is not None:
             raise ConfigError(f"placement.{name}={p[name]!r} is for the {name} service "
