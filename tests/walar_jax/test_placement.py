@@ -16,26 +16,30 @@ from walar_jax.rl import trainer as trainer_lib
 from walar_jax.rl.rollout import AsleepError, InProcessRollout
 from walar_jax.services import TrainingServices, device_env
 
-from tests.walar_jax.test_loop import latin_share, loop_config, rows, tiny_dir  # noqa: F401
+from walar_jax.models.tiny import make_tiny_checkpoint
+
+from tests.walar_jax.test_loop import latin_share, loop_config, rows
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
+
 
 COLOCATE = {"placement.colocate": True, "rollout.server.enable_sleep_mode": True}
 
 
-class Recording(InProcessRollout):
-    """The in-process engine; `calls` also gets "update" for each optimizer step, so the
-    order of sleeps, updates and generations can be read off one list."""
-
-
 def run_loop(tiny_dir, workdir, **overrides):
+    """Two rollouts of two updates each; the engine's `events` also get "update" for each
+    optimizer step, so sleeps, updates and generations are read off one list."""
     c = loop_config(tiny_dir, rollout_batch_prompts=8, train_batch_size=16, total_steps=4,
                     checkpoint_every=100, **overrides)
-    engine = Recording(tiny_dir)
+    engine = InProcessRollout(tiny_dir)
     t = trainer_lib.Trainer(c, str(workdir), rollout=engine, reward_fn=latin_share,
                             model_dir=tiny_dir)
     update = t.update
 
     def recorded(part):
-        engine.calls.append("update")
+        engine.events.append("update")
         assert engine.sleep_level == (c.placement.sleep_level if c.placement.colocate else 0)
         return update(part)
 
@@ -45,14 +49,14 @@ def run_loop(tiny_dir, workdir, **overrides):
 
 
 def test_colocated_sidecar_sleeps_across_every_update_and_trains_the_same(
-        tiny_dir, tmp_path):  # noqa: F811
+        tiny_dir, tmp_path):
     off, e_off = run_loop(tiny_dir, tmp_path / "off")
     on, e_on = run_loop(tiny_dir, tmp_path / "on", **COLOCATE)
     # two updates per rollout batch: asleep before the first, awake for the sync after
     # the second, and every generation awake (the engine refuses one while asleep)
     per_rollout = ["generate", "sleep", "update", "update", "wake_up", "update_weights"]
-    assert e_on.calls == ["update_weights"] + per_rollout * 2
-    assert e_off.calls == ["update_weights"] + [c for c in per_rollout
+    assert e_on.events == ["update_weights"] + per_rollout * 2
+    assert e_off.events == ["update_weights"] + [c for c in per_rollout
                                                 if c not in ("sleep", "wake_up")] * 2
     r_off, r_on = rows(tmp_path / "off"), rows(tmp_path / "on")
     assert [x["step"] for x in r_on] == [1, 2, 3, 4]
@@ -65,7 +69,7 @@ def test_colocated_sidecar_sleeps_across_every_update_and_trains_the_same(
     assert e_on.updates == e_off.updates == 2 and e_on.sleep_level == 0
 
 
-def test_in_process_engine_refuses_work_while_asleep(tiny_dir):  # noqa: F811
+def test_in_process_engine_refuses_work_while_asleep(tiny_dir):
     engine = InProcessRollout(tiny_dir)
     tensors = list(models.hf_tensors(models.from_pretrained(tiny_dir)))
     assert engine.sleep(1) == 1 and engine.sleep(2) == 1  # asleep already: stays at 1
@@ -84,7 +88,7 @@ def test_in_process_engine_refuses_work_while_asleep(tiny_dir):  # noqa: F811
     assert len(engine.generate([[5, 6]], max_tokens=2)[0]) == 1
 
 
-def check(tiny_dir, **overrides):  # noqa: F811
+def check(tiny_dir, **overrides):
     plan_lib.check(loop_config(tiny_dir, **overrides), n_devices=jax.device_count())
 
 
@@ -99,7 +103,7 @@ def check(tiny_dir, **overrides):  # noqa: F811
     ({"placement.trainer": "0,9"}, r"placement.trainer='0,9': devices \[9\] are out of range; "
                                    r"this process sees devices \[0, 1, 2, 3, 4, 5, 6, 7\]"),
     ({"placement.trainer": "0,1", "mesh.fsdp": 4},
-     r"does not fit the 2 trainer devices \(placement.trainer='0,1'\)"),
+     r"does not fit the 2 devices of placement.trainer='0,1'"),
     ({"placement.trainer": "0;1"}, "placement.trainer='0;1': comma-separated device indices"),
     ({"placement.reward": "1,1"}, "placement.reward='1,1': indices must be distinct"),
     ({"placement.trainer": "none"}, "the trainer needs devices"),
@@ -113,18 +117,18 @@ def check(tiny_dir, **overrides):  # noqa: F811
     ({"rollout.addresses": ("127.0.0.1:1",), "placement.rollout": "3"},
      "placement.rollout='3' is for the rollout service train.py starts"),
 ])
-def test_plan_refuses_a_placement_that_cannot_work(tiny_dir, overrides, message):  # noqa: F811
+def test_plan_refuses_a_placement_that_cannot_work(tiny_dir, overrides, message):
     with pytest.raises(plan_lib.ConfigError, match=message):
         check(tiny_dir, **overrides)
 
 
-def test_trainer_mesh_spans_the_listed_devices(tiny_dir):  # noqa: F811
+def test_trainer_mesh_spans_the_listed_devices(tiny_dir):
     c = loop_config(tiny_dir, **{"placement.trainer": "4,5,6,7", "placement.rollout": "0,1",
                                  "placement.reward": "2"})
     plan_lib.check(c, n_devices=jax.device_count())
     assert [d.id for d in plan_lib.trainer_devices(c)] == [4, 5, 6, 7]
     # a mesh of the 4 devices fits; 8 of them would not
-    with pytest.raises(plan_lib.ConfigError, match="does not fit the 4 trainer devices"):
+    with pytest.raises(plan_lib.ConfigError, match="does not fit the 4 devices of"):
         check(tiny_dir, **{"placement.trainer": "4,5,6,7", "mesh.fsdp": 8})
 
 
@@ -159,7 +163,7 @@ import time; time.sleep(60)
 """
 
 
-def test_started_services_get_their_devices(tiny_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_started_services_get_their_devices(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,4,5,6,7")  # train.py's own GPUs
     c = loop_config(tiny_dir, **{"placement.trainer": "0,1", "placement.rollout": "2,3",
                                  "placement.reward": "4"})

@@ -196,8 +196,8 @@ def _check_mesh(c, n_devices: int) -> None:
         raise ConfigError(f"mesh {sizes}: sizes must be positive, at most one may be -1")
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if n_devices % fixed or (-1 not in sizes.values() and fixed != n_devices):
-        raise ConfigError(f"mesh {sizes} does not fit the {n_devices} trainer devices "
-                          f"(placement.trainer={c.placement.trainer!r})")
+        raise ConfigError(f"mesh {sizes} does not fit the {n_devices} devices of "
+                          f"placement.trainer={c.placement.trainer!r}")
     resolved = {k: (n_devices // fixed if v == -1 else v) for k, v in sizes.items()}
     batch_shards = resolved["data"] * resolved["fsdp"]
     if c.micro_batch_size % batch_shards:

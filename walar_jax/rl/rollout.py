@@ -66,7 +66,7 @@ class InProcessRollout:
     one is refused. Weights arrive as HF tensors and are loaded back through the same
     HF table as a checkpoint, so the trainer's export path is exercised too. Sleep mode
     is the sidecar's too: while asleep, generation and weight pushes are refused; every
-    call is recorded in `calls`, so a test can check when the loop slept.
+    call is recorded in `events`, so a test can check when the loop slept.
     """
 
     def __init__(self, model_dir: str, *, eos_token_ids: Sequence[int] | None = None):
@@ -83,7 +83,7 @@ class InProcessRollout:
         self.updates = 0
         self.sleep_level = 0  # 0: awake
         self.discarded = False  # woken from level 2, no weights pushed since
-        self.calls: list[str] = []  # "generate", "update_weights", "sleep", "wake_up"
+        self.events: list[str] = []  # "generate", "update_weights", "sleep", "wake_up"
         self._step = jax.jit(_sample_step, static_argnames=("graphdef", "top_k", "greedy"))
 
     def _load(self, model) -> None:
@@ -98,7 +98,7 @@ class InProcessRollout:
         from walar_jax.models import safetensors_io
 
         self._check_awake("a weight push")
-        self.calls.append("update_weights")
+        self.events.append("update_weights")
         t0 = time.perf_counter()
         arrays = [(name, np.asarray(a)) for name, a in tensors]
         digest = _digest(arrays)
@@ -127,7 +127,7 @@ class InProcessRollout:
                  seed: int | None = None, expected_version: int | None = None,
                  timeout: float | None = None) -> list[PromptResult]:
         self._check_awake("generation")
-        self.calls.append("generate")
+        self.events.append("generate")
         if expected_version is not None and expected_version != self.version:
             raise VersionMismatchError(f"weights version {self.version} is live, caller "
                                        f"expects {expected_version}")
@@ -167,12 +167,12 @@ class InProcessRollout:
     def sleep(self, level: int = 1, timeout: float | None = None) -> int:
         if level not in (1, 2):
             raise ValueError(f"sleep level must be 1 or 2, got {level}")
-        self.calls.append("sleep")
+        self.events.append("sleep")
         self.sleep_level = self.sleep_level or level
         return self.sleep_level
 
     def wake_up(self, timeout: float | None = None) -> None:
-        self.calls.append("wake_up")
+        self.events.append("wake_up")
         if self.sleep_level == 2:  # as vLLM's: the weights are gone, a push must restore them
             self.digest, self.discarded = "", True
         self.sleep_level = 0
