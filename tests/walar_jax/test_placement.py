@@ -142,6 +142,11 @@ def test_paper_configs_place_walars_layout(name):
     # both shares fit one device with the engine awake, with room for CUDA contexts
     assert c.jax_memory_fraction + c.rollout.server.gpu_memory_utilization <= 0.9
     plan_lib.check(c, n_devices=jax.device_count())  # 8 fake devices: 4 for the trainer
+    # the README's 8-GPU layout: the trainer on all 8, the reward beside it on GPU 7
+    c.placement.update(trainer="0,1,2,3,4,5,6,7", reward="7")
+    c.update({"jax_memory_fraction": 0.5})
+    c.rollout.server.gpu_memory_utilization = 0.4
+    plan_lib.check(c, n_devices=jax.device_count())
 
 
 def test_device_env_maps_indices_through_the_parents_visible_devices():
