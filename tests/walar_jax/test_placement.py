@@ -185,3 +185,20 @@ def test_started_services_get_their_devices(tiny_dir, tmp_path, monkeypatch):
     with probe:
         assert out.read_text() == "5,6"
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,4,5,6,7"  # ours is untouched
+
+
+def test_trainer_gpus_are_set_before_jax_starts():
+    import subprocess
+
+    from walar_jax import sharding as shd
+
+    code = ("from walar_jax import sharding; sharding.set_visible_devices((0, 2)); "
+            "from jax._src import xla_bridge as xb; "
+            "print(xb.CUDA_VISIBLE_DEVICES.value, xb._ROCM_VISIBLE_DEVICES.value)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=launch.REPO_ROOT)
+    assert out.stdout.split() == ["0,2", "0,2"]
+    jax.devices()  # started in this process
+    with pytest.raises(RuntimeError, match="before JAX starts its backend"):
+        shd.set_visible_devices((0,))
+    shd.set_visible_devices(None)  # "all": nothing to set
