@@ -17,7 +17,7 @@ from walar_jax.sharding import DEFAULT_RULES
 ROLLOUT_SERVER_FLAGS = dict(
     dtype=str, max_model_len=int, gpu_memory_utilization=float, tensor_parallel_size=int,
     enable_prefix_caching=bool, seed=int, enforce_eager=bool, max_num_seqs=int,
-    kv_cache_gib=float,
+    kv_cache_gib=float, enable_sleep_mode=bool,
 )
 # Flags of `python -m reward.server` that a run may set, with their types.
 REWARD_SERVER_FLAGS = dict(
@@ -69,6 +69,18 @@ def base() -> ml_collections.ConfigDict:
     # applied by walar_jax.sharding.set_memory_fraction before JAX starts its backend.
     c.jax_memory_fraction = 0.0
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # Which accelerators each process of one host uses (walar_jax/rl/plan.py checks it).
+    # A device list is comma-separated indices of the GPUs train.py sees (nvidia-smi's
+    # numbers, or positions in its CUDA_VISIBLE_DEVICES). trainer: "all" or a list (the
+    # mesh spans those; JAX opens no other GPU). rollout / reward: "" (the GPUs train.py
+    # sees), "none" (no GPU) or a list, passed to the service train.py starts as its
+    # CUDA_VISIBLE_DEVICES. colocate: trainer and sidecar share devices: the sidecar
+    # (rollout.server.enable_sleep_mode) sleeps at `sleep_level` during every update
+    # (1: weights to host memory, KV cache dropped; 2: both dropped, the sync restores
+    # them) and wakes for the weight sync; it needs rollout.max_staleness = 0.
+    c.placement = ml_collections.ConfigDict(dict(
+        trainer="all", rollout="", reward="", colocate=False, sleep_level=1,
+    ))
     c.sharding_rules = DEFAULT_RULES
     c.distributed = ml_collections.ConfigDict(dict(
         initialize=False, coordinator_address="", num_processes=0, process_id=-1,
@@ -154,10 +166,17 @@ def paper(model_path: str) -> ml_collections.ConfigDict:
     c.model.update(path=model_path, dtype="bfloat16", param_dtype="float32",
                    remat="nothing_saveable", scan_layers=True, attention="xla")
     # On NVIDIA GPUs: --config.model.attention=cudnn (fused flash attention).
-    # Per device, the update needs 17.8 GiB on 8 devices and 35.0 GiB on 4 for qwen3_8b
-    # (bench/aot_memory.py, README): half of an 80 GB GPU for JAX, 40% for a vLLM engine
-    # on the same device (16 GB of bf16 weights + KV cache), the rest for CUDA contexts.
-    c.jax_memory_fraction = 0.5
+    # WALAR's layout (README "Placement"): trainer and sidecar (tensor-parallel) share
+    # GPUs 0-3 of 80 GB, the sidecar asleep during each update; the reward service
+    # (MetricX-24 XXL + bge-m3, about 28 GB in bf16) on GPU 4.
+    # JAX reserves its share at start-up and keeps it, so both shares must fit with the
+    # engine awake. qwen3_8b on 4 devices: 35.0 GiB for the update (bench/aot_memory.py)
+    # + 7.6 GiB of fp32 reference policy = 42.6 GiB of JAX's 44.7 (0.6 x 80 GB); vLLM
+    # 0.3 (22 GiB: a quarter of the bf16 weights, the rest KV cache); 10% for CUDA
+    # contexts and NCCL.
+    c.jax_memory_fraction = 0.6
+    c.placement.update(trainer="0,1,2,3", rollout="0,1,2,3", reward="4", colocate=True,
+                       sleep_level=1)
     c.mesh.update(data=1, fsdp=-1, tensor=1)  # all devices on fsdp (bench/aot_memory.py)
     # Reward: WALAR's published rule (scripts/serve_rm.sh): GlotLID top-1 gate, MetricX-24
     # hybrid XXL (bf16) QE on 512 tokens, MaskLID over the 200 FLORES-200 labels picking
@@ -175,7 +194,8 @@ def paper(model_path: str) -> ml_collections.ConfigDict:
     c.data.update(paths=("data/walar_train",), input_key="input_key", extract="whole",
                   target_langs=languages.WALAR_TRAINING_LANGS)
     c.rollout.update(n=8, temperature=1.0, max_tokens=512, max_prompt_tokens=512)
-    c.rollout.server.update(dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.4)
+    c.rollout.server.update(dtype="bfloat16", max_model_len=1024, gpu_memory_utilization=0.3,
+                            tensor_parallel_size=4, enable_sleep_mode=True)
     c.grpo.update(scale_by_std=True, clip_low=0.2, clip_high=0.2, kl_coef=0.01,
                   kl_estimator="k3", kl_clamp=0.0, loss_agg="microbatch_token_mean",
                   loss_agg_group=16)

@@ -14,43 +14,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/rollout.proto\x12\x10walar.rollout.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"Q\n\x06Prompt\x12/\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x1a.walar.rollout.v1.TokenIdsH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\x9e\x02\n\x0eSamplingParams\x12\x0e\n\x01n\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x05\x88\x01\x01\x12\x17\n\nmin_tokens\x18\t \x01(\x05H\x06\x88\x01\x01\x42\x04\n\x02_nB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\r\n\x0b_min_tokens\"\xf3\x01\n\x0fGenerateRequest\x12)\n\x07prompts\x18\x01 \x03(\x0b\x32\x18.walar.rollout.v1.Prompt\x12\x32\n\x08sampling\x18\x02 \x01(\x0b\x32 .walar.rollout.v1.SamplingParams\x12\x1b\n\x13\x61pply_chat_template\x18\x03 \x01(\x08\x12\x1c\n\x0f\x65nable_thinking\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x1d\n\x10\x65xpected_version\x18\x05 \x01(\x03H\x01\x88\x01\x01\x42\x12\n\x10_enable_thinkingB\x13\n\x11_expected_version\"V\n\nCompletion\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\"[\n\x0cPromptResult\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\x05\x12\x31\n\x0b\x63ompletions\x18\x02 \x03(\x0b\x32\x1c.walar.rollout.v1.Completion\"\\\n\x10GenerateResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.walar.rollout.v1.PromptResult\x12\x17\n\x0fweights_version\x18\x02 \x01(\x03\"X\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\"\x8a\x01\n\x12WeightUpdateHeader\x12\x14\n\x07version\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\ttransport\x18\x02 \x01(\t\x12-\n\x07tensors\x18\x03 \x03(\x0b\x32\x1c.walar.rollout.v1.TensorSpec\x12\x10\n\x08shm_path\x18\x04 \x01(\tB\n\n\x08_version\"G\n\x0bTensorChunk\x12*\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.walar.rollout.v1.TensorSpec\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x0bTensorBatch\x12-\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1d.walar.rollout.v1.TensorChunk\"\x85\x01\n\x13WeightUpdateMessage\x12\x36\n\x06header\x18\x01 \x01(\x0b\x32$.walar.rollout.v1.WeightUpdateHeaderH\x00\x12.\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1d.walar.rollout.v1.TensorBatchH\x00\x42\x06\n\x04kind\"\xa9\x01\n\x15UpdateWeightsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\x03\x12\x11\n\tnum_bytes\x18\x04 \x01(\x04\x12\x11\n\treceive_s\x18\x05 \x01(\x01\x12\x11\n\tinstall_s\x18\x06 \x01(\x01\x12\x0e\n\x06\x64igest\x18\x07 \x01(\t\x12\x10\n\x08\x64igest_s\x18\x08 \x01(\x01\"\x1c\n\x0bInfoRequest\x12\r\n\x05nonce\x18\x01 \x01(\t\"\xe0\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x15\n\rmax_model_len\x18\x06 \x01(\x05\x12\x17\n\x0fweights_version\x18\x07 \x01(\x03\x12\x16\n\x0eweights_digest\x18\x08 \x01(\t\x12\x12\n\nvocab_size\x18\t \x01(\x05\x12\x12\n\ntransports\x18\n \x03(\t\x12\x1c\n\x14tensor_parallel_size\x18\x0b \x01(\x05\x12\x16\n\x0eprefix_caching\x18\x0c \x01(\x08\x12\x15\n\rlogprobs_mode\x18\r \x01(\t\x12\x19\n\x11has_chat_template\x18\x0e \x01(\x08\x12\x13\n\x0bnum_tensors\x18\x0f \x01(\x03\x12\r\n\x05proof\x18\x10 \x01(\t2\x86\x02\n\x07Rollout\x12Q\n\x08Generate\x12!.walar.rollout.v1.GenerateRequest\x1a\".walar.rollout.v1.GenerateResponse\x12\x61\n\rUpdateWeights\x12%.walar.rollout.v1.WeightUpdateMessage\x1a\'.walar.rollout.v1.UpdateWeightsResponse(\x01\x12\x45\n\x04Info\x12\x1d.walar.rollout.v1.InfoRequest\x1a\x1e.walar.rollout.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/rollout.proto\x12\x10walar.rollout.v1\"\x1d\n\x0cSleepRequest\x12\r\n\x05level\x18\x01 \x01(\x05\"\x0f\n\rWakeUpRequest\"5\n\rSleepResponse\x12\x13\n\x0bsleep_level\x18\x01 \x01(\x05\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"Q\n\x06Prompt\x12/\n\ttoken_ids\x18\x01 \x01(\x0b\x32\x1a.walar.rollout.v1.TokenIdsH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"\x9e\x02\n\x0eSamplingParams\x12\x0e\n\x01n\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x05\x88\x01\x01\x12\x17\n\nmin_tokens\x18\t \x01(\x05H\x06\x88\x01\x01\x42\x04\n\x02_nB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seedB\r\n\x0b_min_tokens\"\xf3\x01\n\x0fGenerateRequest\x12)\n\x07prompts\x18\x01 \x03(\x0b\x32\x18.walar.rollout.v1.Prompt\x12\x32\n\x08sampling\x18\x02 \x01(\x0b\x32 .walar.rollout.v1.SamplingParams\x12\x1b\n\x13\x61pply_chat_template\x18\x03 \x01(\x08\x12\x1c\n\x0f\x65nable_thinking\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x1d\n\x10\x65xpected_version\x18\x05 \x01(\x03H\x01\x88\x01\x01\x42\x12\n\x10_enable_thinkingB\x13\n\x11_expected_version\"V\n\nCompletion\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\"[\n\x0cPromptResult\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\x05\x12\x31\n\x0b\x63ompletions\x18\x02 \x03(\x0b\x32\x1c.walar.rollout.v1.Completion\"\\\n\x10GenerateResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.walar.rollout.v1.PromptResult\x12\x17\n\x0fweights_version\x18\x02 \x01(\x03\"X\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\"\x8a\x01\n\x12WeightUpdateHeader\x12\x14\n\x07version\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\ttransport\x18\x02 \x01(\t\x12-\n\x07tensors\x18\x03 \x03(\x0b\x32\x1c.walar.rollout.v1.TensorSpec\x12\x10\n\x08shm_path\x18\x04 \x01(\tB\n\n\x08_version\"G\n\x0bTensorChunk\x12*\n\x04spec\x18\x01 \x01(\x0b\x32\x1c.walar.rollout.v1.TensorSpec\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"<\n\x0bTensorBatch\x12-\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1d.walar.rollout.v1.TensorChunk\"\x85\x01\n\x13WeightUpdateMessage\x12\x36\n\x06header\x18\x01 \x01(\x0b\x32$.walar.rollout.v1.WeightUpdateHeaderH\x00\x12.\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1d.walar.rollout.v1.TensorBatchH\x00\x42\x06\n\x04kind\"\xa9\x01\n\x15UpdateWeightsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x12\x13\n\x0bnum_tensors\x18\x03 \x01(\x03\x12\x11\n\tnum_bytes\x18\x04 \x01(\x04\x12\x11\n\treceive_s\x18\x05 \x01(\x01\x12\x11\n\tinstall_s\x18\x06 \x01(\x01\x12\x0e\n\x06\x64igest\x18\x07 \x01(\t\x12\x10\n\x08\x64igest_s\x18\x08 \x01(\x01\"\x1c\n\x0bInfoRequest\x12\r\n\x05nonce\x18\x01 \x01(\t\"\x89\x03\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x15\n\rmax_model_len\x18\x06 \x01(\x05\x12\x17\n\x0fweights_version\x18\x07 \x01(\x03\x12\x16\n\x0eweights_digest\x18\x08 \x01(\t\x12\x12\n\nvocab_size\x18\t \x01(\x05\x12\x12\n\ntransports\x18\n \x03(\t\x12\x1c\n\x14tensor_parallel_size\x18\x0b \x01(\x05\x12\x16\n\x0eprefix_caching\x18\x0c \x01(\x08\x12\x15\n\rlogprobs_mode\x18\r \x01(\t\x12\x19\n\x11has_chat_template\x18\x0e \x01(\x08\x12\x13\n\x0bnum_tensors\x18\x0f \x01(\x03\x12\r\n\x05proof\x18\x10 \x01(\t\x12\x12\n\nsleep_mode\x18\x11 \x01(\x08\x12\x13\n\x0bsleep_level\x18\x12 \x01(\x05\x32\x9c\x03\n\x07Rollout\x12Q\n\x08Generate\x12!.walar.rollout.v1.GenerateRequest\x1a\".walar.rollout.v1.GenerateResponse\x12\x61\n\rUpdateWeights\x12%.walar.rollout.v1.WeightUpdateMessage\x1a\'.walar.rollout.v1.UpdateWeightsResponse(\x01\x12\x45\n\x04Info\x12\x1d.walar.rollout.v1.InfoRequest\x1a\x1e.walar.rollout.v1.InfoResponse\x12H\n\x05Sleep\x12\x1e.walar.rollout.v1.SleepRequest\x1a\x1f.walar.rollout.v1.SleepResponse\x12J\n\x06WakeUp\x12\x1f.walar.rollout.v1.WakeUpRequest\x1a\x1f.walar.rollout.v1.SleepResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.rollout_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_TOKENIDS']._serialized_start=42
-  _globals['_TOKENIDS']._serialized_end=65
-  _globals['_PROMPT']._serialized_start=67
-  _globals['_PROMPT']._serialized_end=148
-  _globals['_SAMPLINGPARAMS']._serialized_start=151
-  _globals['_SAMPLINGPARAMS']._serialized_end=437
-  _globals['_GENERATEREQUEST']._serialized_start=440
-  _globals['_GENERATEREQUEST']._serialized_end=683
-  _globals['_COMPLETION']._serialized_start=685
-  _globals['_COMPLETION']._serialized_end=771
-  _globals['_PROMPTRESULT']._serialized_start=773
-  _globals['_PROMPTRESULT']._serialized_end=864
-  _globals['_GENERATERESPONSE']._serialized_start=866
-  _globals['_GENERATERESPONSE']._serialized_end=958
-  _globals['_TENSORSPEC']._serialized_start=960
-  _globals['_TENSORSPEC']._serialized_end=1048
-  _globals['_WEIGHTUPDATEHEADER']._serialized_start=1051
-  _globals['_WEIGHTUPDATEHEADER']._serialized_end=1189
-  _globals['_TENSORCHUNK']._serialized_start=1191
-  _globals['_TENSORCHUNK']._serialized_end=1262
-  _globals['_TENSORBATCH']._serialized_start=1264
-  _globals['_TENSORBATCH']._serialized_end=1324
-  _globals['_WEIGHTUPDATEMESSAGE']._serialized_start=1327
-  _globals['_WEIGHTUPDATEMESSAGE']._serialized_end=1460
-  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_start=1463
-  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_end=1632
-  _globals['_INFOREQUEST']._serialized_start=1634
-  _globals['_INFOREQUEST']._serialized_end=1662
-  _globals['_INFORESPONSE']._serialized_start=1665
-  _globals['_INFORESPONSE']._serialized_end=2017
-  _globals['_ROLLOUT']._serialized_start=2020
-  _globals['_ROLLOUT']._serialized_end=2282
+  _globals['_SLEEPREQUEST']._serialized_start=42
+  _globals['_SLEEPREQUEST']._serialized_end=71
+  _globals['_WAKEUPREQUEST']._serialized_start=73
+  _globals['_WAKEUPREQUEST']._serialized_end=88
+  _globals['_SLEEPRESPONSE']._serialized_start=90
+  _globals['_SLEEPRESPONSE']._serialized_end=143
+  _globals['_TOKENIDS']._serialized_start=145
+  _globals['_TOKENIDS']._serialized_end=168
+  _globals['_PROMPT']._serialized_start=170
+  _globals['_PROMPT']._serialized_end=251
+  _globals['_SAMPLINGPARAMS']._serialized_start=254
+  _globals['_SAMPLINGPARAMS']._serialized_end=540
+  _globals['_GENERATEREQUEST']._serialized_start=543
+  _globals['_GENERATEREQUEST']._serialized_end=786
+  _globals['_COMPLETION']._serialized_start=788
+  _globals['_COMPLETION']._serialized_end=874
+  _globals['_PROMPTRESULT']._serialized_start=876
+  _globals['_PROMPTRESULT']._serialized_end=967
+  _globals['_GENERATERESPONSE']._serialized_start=969
+  _globals['_GENERATERESPONSE']._serialized_end=1061
+  _globals['_TENSORSPEC']._serialized_start=1063
+  _globals['_TENSORSPEC']._serialized_end=1151
+  _globals['_WEIGHTUPDATEHEADER']._serialized_start=1154
+  _globals['_WEIGHTUPDATEHEADER']._serialized_end=1292
+  _globals['_TENSORCHUNK']._serialized_start=1294
+  _globals['_TENSORCHUNK']._serialized_end=1365
+  _globals['_TENSORBATCH']._serialized_start=1367
+  _globals['_TENSORBATCH']._serialized_end=1427
+  _globals['_WEIGHTUPDATEMESSAGE']._serialized_start=1430
+  _globals['_WEIGHTUPDATEMESSAGE']._serialized_end=1563
+  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_start=1566
+  _globals['_UPDATEWEIGHTSRESPONSE']._serialized_end=1735
+  _globals['_INFOREQUEST']._serialized_start=1737
+  _globals['_INFOREQUEST']._serialized_end=1765
+  _globals['_INFORESPONSE']._serialized_start=1768
+  _globals['_INFORESPONSE']._serialized_end=2161
+  _globals['_ROLLOUT']._serialized_start=2164
+  _globals['_ROLLOUT']._serialized_end=2576
 # @@protoc_insertion_point(module_scope)

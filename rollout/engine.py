@@ -48,6 +48,17 @@ class EngineBroken(RuntimeError):
     """An install failed midway; generation is refused until an update succeeds."""
 
 
+class Asleep(RuntimeError):
+    """Generate or UpdateWeights while the engine sleeps (maps to FAILED_PRECONDITION)."""
+
+
+class SleepModeOff(RuntimeError):
+    """Sleep asked of an engine started without sleep mode (FAILED_PRECONDITION)."""
+
+
+SLEEP_LEVELS = (1, 2)
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     n: int = 1
@@ -140,6 +151,7 @@ class Engine:
         self.digest = W.checkpoint_digest(self.model_dir)
         self.version = cfg.weights_version
         self.broken: str | None = None
+        self.sleep_level = 0  # 0: awake; else the level of the Sleep that put it to sleep
         kv = kwargs["kv_cache_memory_bytes"]
         log.info("vLLM %s on %s: %s (%s, max_model_len %d of the model's %d, KV cache %s, "
                  "%d tensors) ready in %.1fs", self.engine_version, self.device, cfg.model,
@@ -215,6 +227,7 @@ class Engine:
         except bad_input as err:
             raise RequestError(str(err)) from err
         with self.lock:
+            self._check_awake("Generate")
             if self.broken:
                 raise EngineBroken(self.broken)
             if expected_version is not None and expected_version != self.version:
@@ -245,6 +258,7 @@ class Engine:
         digest_s = time.perf_counter() - t_hash
         nbytes = sum(s.nbytes for s in specs)
         with self.lock:
+            self._check_awake("UpdateWeights")
             if digest == self.digest and not self.broken:
                 return InstallResult(self.version, False, len(specs), nbytes,
                                      time.perf_counter() - t0, digest, digest_s)
@@ -271,6 +285,51 @@ class Engine:
                  len(specs), nbytes / 1e6, time.perf_counter() - t0)
         return InstallResult(new_version, True, len(specs), nbytes,
                              time.perf_counter() - t0, digest, digest_s)
+
+
+    # ---- sleep mode ----------------------------------------------------------------
+
+    def _check_awake(self, what: str) -> None:
+        # A sleeping vLLM queues requests without running them (a Generate would hang)
+        # and its weights' device memory is gone (an install would write into nothing).
+        if self.sleep_level:
+            raise Asleep(f"{what} refused: the engine is asleep (Sleep level "
+                         f"{self.sleep_level}); call WakeUp first")
+
+    def sleep(self, level: int) -> tuple[int, float]:
+        """vLLM's sleep: level 1 moves the weights to host memory and drops the KV cache,
+        level 2 drops both (the next install then writes every tensor, whatever its
+        digest). Returns (level now asleep at, seconds); asleep already: a no-op."""
+        if not self.cfg.enable_sleep_mode:
+            raise SleepModeOff("Sleep refused: the sidecar was started without "
+                               "--enable_sleep_mode")
+        if level not in SLEEP_LEVELS:
+            raise RequestError(f"sleep level must be one of {SLEEP_LEVELS}, got {level}")
+        t0 = time.perf_counter()
+        with self.lock:
+            if self.sleep_level:
+                return self.sleep_level, 0.0
+            self.llm.sleep(level=level)
+            self.sleep_level = level
+        log.info("asleep at level %d in %.2fs", level, time.perf_counter() - t0)
+        return level, time.perf_counter() - t0
+
+    def wake_up(self) -> float:
+        """Brings weights (level 1) and the KV cache back; awake already: a no-op."""
+        if not self.cfg.enable_sleep_mode:
+            raise SleepModeOff("WakeUp refused: the sidecar was started without "
+                               "--enable_sleep_mode")
+        t0 = time.perf_counter()
+        with self.lock:
+            if not self.sleep_level:
+                return 0.0
+            self.llm.wake_up()
+            if self.sleep_level == 2:  # the weights' memory is back, their values are not
+                self.broken = ("the weights were discarded by Sleep level 2: UpdateWeights "
+                               "must install them before Generate")
+            self.sleep_level = 0
+        log.info("awake in %.2fs", time.perf_counter() - t0)
+        return time.perf_counter() - t0
 
 
 def _completion(c) -> CompletionOut:

@@ -46,6 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_num_seqs", type=int, default=D.max_num_seqs)
     p.add_argument("--weights_version", type=int, default=D.weights_version,
                    help="version number of the starting checkpoint (e.g. the trainer's step)")
+    p.add_argument("--enable_sleep_mode", action=argparse.BooleanOptionalAction,
+                   default=D.enable_sleep_mode,
+                   help="serve Sleep/WakeUp (vLLM sleep mode: the weights and KV cache leave "
+                        "the GPU while the trainer updates on it); CUDA/ROCm/XPU only")
     service.add_server_flags(p)
     return p.parse_args(argv)
 

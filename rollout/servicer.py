@@ -63,7 +63,7 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             )
         except E.RequestError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except E.VersionMismatch as err:
+        except (E.VersionMismatch, E.Asleep) as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
         except E.EngineBroken as err:  # not transient: only a successful update cures it
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
@@ -111,6 +111,8 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             except seg.UpdateRefused as err:
                 log.warning("%s", err)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            except E.Asleep as err:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
             except E.EngineBroken as err:
                 log.error("%s", err)
                 context.abort(grpc.StatusCode.INTERNAL, str(err))
@@ -175,4 +177,25 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             prefix_caching=e.cfg.enable_prefix_caching, logprobs_mode=E.LOGPROBS_MODE,
             has_chat_template=bool(e.tokenizer.chat_template), num_tensors=len(e.table),
             proof=identity_proof(self.token, request.nonce) if request.nonce else "",
+            sleep_mode=e.cfg.enable_sleep_mode, sleep_level=e.sleep_level,
         )
+
+    # ---- Sleep, WakeUp ----------------------------------------------------------------
+
+    def Sleep(self, request: pb.SleepRequest, context) -> pb.SleepResponse:
+        return self._sleep_call(lambda: self.engine.sleep(request.level or 1), context)
+
+    def WakeUp(self, request: pb.WakeUpRequest, context) -> pb.SleepResponse:
+        return self._sleep_call(lambda: (0, self.engine.wake_up()), context)
+
+    def _sleep_call(self, fn, context) -> pb.SleepResponse:
+        try:
+            level, seconds = fn()
+        except E.RequestError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except E.SleepModeOff as err:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        except Exception as err:  # say what broke instead of gRPC's bare UNKNOWN
+            log.exception("sleep mode call failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+        return pb.SleepResponse(sleep_level=level, seconds=seconds)

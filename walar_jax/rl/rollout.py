@@ -33,6 +33,10 @@ class VersionMismatchError(RuntimeError):
     """A generation asked for weights other than the live ones."""
 
 
+class AsleepError(RuntimeError):
+    """Generate or a weight push while the engine sleeps (the sidecar: FAILED_PRECONDITION)."""
+
+
 class Rollout(Protocol):
     def generate(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float,
                  top_p: float, top_k: int, max_tokens: int, min_tokens: int, seed: int | None,
@@ -46,6 +50,12 @@ class Rollout(Protocol):
     def engine_dtype(self) -> np.dtype:
         """The dtype the engine computes in (tensors are sent in it)."""
 
+    def sleep(self, level: int = 1, timeout: float | None = None) -> int:
+        """Frees the engine's device memory (vLLM sleep mode) until `wake_up`."""
+
+    def wake_up(self, timeout: float | None = None) -> None:
+        """Brings the engine back; a no-op when awake."""
+
 
 class InProcessRollout:
     """Samples from a JAX copy of the policy loaded from an HF directory.
@@ -54,7 +64,9 @@ class InProcessRollout:
     the raw policy's, EOS is masked until `min_tokens` tokens exist, a weight push of
     identical tensors keeps the version, and an `expected_version` other than the live
     one is refused. Weights arrive as HF tensors and are loaded back through the same
-    HF table as a checkpoint, so the trainer's export path is exercised too.
+    HF table as a checkpoint, so the trainer's export path is exercised too. Sleep mode
+    is the sidecar's too: while asleep, generation and weight pushes are refused; every
+    call is recorded in `events`, so a test can check when the loop slept.
     """
 
     def __init__(self, model_dir: str, *, eos_token_ids: Sequence[int] | None = None):
@@ -69,6 +81,9 @@ class InProcessRollout:
         # version 0 is the checkpoint itself: pushing it again changes nothing
         self.version, self.digest = 0, _digest(models.hf_tensors(model, np.float32))
         self.updates = 0
+        self.sleep_level = 0  # 0: awake
+        self.discarded = False  # woken from level 2, no weights pushed since
+        self.events: list[str] = []  # "generate", "update_weights", "sleep", "wake_up"
         self._step = jax.jit(_sample_step, static_argnames=("graphdef", "top_k", "greedy"))
 
     def _load(self, model) -> None:
@@ -82,6 +97,8 @@ class InProcessRollout:
         from walar_jax import models
         from walar_jax.models import safetensors_io
 
+        self._check_awake("a weight push")
+        self.events.append("update_weights")
         t0 = time.perf_counter()
         arrays = [(name, np.asarray(a)) for name, a in tensors]
         digest = _digest(arrays)
@@ -100,7 +117,7 @@ class InProcessRollout:
             self._load(models.from_pretrained(tmp, dtype=jnp.float32))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        self.version, self.digest = new_version, digest
+        self.version, self.digest, self.discarded = new_version, digest, False
         self.updates += 1
         return UpdateResult(new_version, True, len(arrays), nbytes, 0.0,
                             time.perf_counter() - t0, digest, 0.0)
@@ -109,6 +126,8 @@ class InProcessRollout:
                  top_p: float = 1.0, top_k: int = 0, max_tokens: int = 16, min_tokens: int = 0,
                  seed: int | None = None, expected_version: int | None = None,
                  timeout: float | None = None) -> list[PromptResult]:
+        self._check_awake("generation")
+        self.events.append("generate")
         if expected_version is not None and expected_version != self.version:
             raise VersionMismatchError(f"weights version {self.version} is live, caller "
                                        f"expects {expected_version}")
@@ -136,6 +155,27 @@ class InProcessRollout:
                                         self.version))
             out.append(PromptResult(list(prompt), comps))
         return out
+
+    def _check_awake(self, what: str) -> None:
+        if self.sleep_level:
+            raise AsleepError(f"{what} refused: the engine is asleep (level "
+                              f"{self.sleep_level}); call wake_up first")
+        if self.discarded and what == "generation":
+            raise AsleepError("generation refused: sleep level 2 discarded the weights; "
+                              "push weights first")
+
+    def sleep(self, level: int = 1, timeout: float | None = None) -> int:
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 or 2, got {level}")
+        self.events.append("sleep")
+        self.sleep_level = self.sleep_level or level
+        return self.sleep_level
+
+    def wake_up(self, timeout: float | None = None) -> None:
+        self.events.append("wake_up")
+        if self.sleep_level == 2:  # as vLLM's: the weights are gone, a push must restore them
+            self.digest, self.discarded = "", True
+        self.sleep_level = 0
 
     def close(self) -> None:
         pass
@@ -241,6 +281,13 @@ class MultiRollout:
 
     def info(self, timeout: float | None = 30.0):
         return [e.info(timeout=timeout) for e in self.engines][0]
+
+    def sleep(self, level: int = 1, timeout: float | None = None) -> int:
+        return [e.sleep(level, timeout=timeout) for e in self.engines][0]
+
+    def wake_up(self, timeout: float | None = None) -> None:
+        for e in self.engines:
+            e.wake_up(timeout=timeout)
 
     def update_weights(self, tensors: Tensors, *, version: int | None = None,
                        transport: str = "shm", timeout: float | None = None) -> UpdateResult:

@@ -12,7 +12,7 @@ import jax
 from walar_jax import config as cfglib
 from walar_jax import hosts, launch, services
 from walar_jax import sharding as shd
-from walar_jax.rl.plan import make_plan
+from walar_jax.rl.plan import device_list, make_plan
 from walar_jax.rl.trainer import Trainer, reward_from_service
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 def main(config, workdir: str) -> None:
     # before anything starts JAX's backend (jax.distributed included), or it is too late
     shd.set_memory_fraction(config.jax_memory_fraction)
+    shd.set_visible_devices(device_list(config, "trainer"))
     if config.distributed.initialize:
         d = config.distributed
         shd.initialize_distributed(d.coordinator_address or None, d.num_processes or None,

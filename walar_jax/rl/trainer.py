@@ -30,7 +30,7 @@ from walar_jax import sharding as shd
 from walar_jax.metrics import MetricsWriter, truncate_log
 from walar_jax.rl import batch as batch_lib
 from walar_jax.rl import grpo
-from walar_jax.rl.plan import Plan, make_plan
+from walar_jax.rl.plan import Plan, make_plan, trainer_devices
 from walar_jax.rl.producer import Made, Producer
 from walar_jax.rl.rollout import Rollout
 from walar_jax.rl.step import LossConfig, logprob_pass, make_optimizer, train_step
@@ -88,6 +88,10 @@ class Trainer:
         self.pending_stats: dict[str, float] = {}
         self.next_rollout = 0  # index of the next rollout batch to make
         self.staleness = config.rollout.max_staleness
+        # trainer and sidecar share GPUs: the sidecar sleeps across each update (plan
+        # refuses a producer then: generation would overlap the update)
+        self.colocate = bool(config.placement.colocate)
+        self.engine_asleep = False
         # a background producer makes rollouts ahead (staleness 0 through it equals the
         # synchronous loop; tests use that to check the producer)
         self.use_producer = self.staleness > 0
@@ -100,7 +104,7 @@ class Trainer:
     # ---------------------------------------------------------------- set-up
     def _setup_model(self):
         c = self.c
-        self.mesh = shd.make_mesh(dict(c.mesh))
+        self.mesh = shd.make_mesh(dict(c.mesh), devices=trainer_devices(c))
         self.ctx = shd.ShardingCtx(self.mesh, tuple((k, tuple(v) if isinstance(v, list) else v)
                                                     for k, v in c.sharding_rules))
         log.info("mesh %s over %d devices (%s)", dict(self.mesh.shape), self.mesh.size,
@@ -390,6 +394,25 @@ class Trainer:
         self.weights_version = res.version
         return res.version
 
+    def _sleep(self) -> float:
+        """Colocated: the sidecar frees its GPU memory before an update (a no-op when it
+        sleeps already, between the updates of one rollout batch)."""
+        if self.engine_asleep:
+            return 0.0
+        t0 = time.perf_counter()
+        self._recovering("putting the sidecar to sleep", lambda: self.rollout.sleep(
+            self.c.placement.sleep_level, timeout=self.c.rollout.update_timeout_s))
+        self.engine_asleep = True
+        return time.perf_counter() - t0
+
+    def _wake_and_sync(self) -> None:
+        """Colocated: the sidecar wakes (weights back, KV cache re-made), then serves
+        the new weights; a restarted sidecar is awake already (waking is a no-op)."""
+        if self.engine_asleep:
+            self.rollout.wake_up(timeout=self.c.rollout.update_timeout_s)
+            self.engine_asleep = False
+        self.sync_weights()
+
     def sync_weights(self) -> float:
         """Sends the policy as it is now and waits until the engine serves it."""
         t0 = time.perf_counter()
@@ -453,7 +476,7 @@ class Trainer:
                 self.rollout = self.services.rollout
                 self.reward_fn = reward_from_service(self.services.reward)
                 self.weights_version = None
-                self.sync_weights()
+                self._wake_and_sync()  # a restarted sidecar is awake; waking is a no-op
                 if producing:
                     self._start_producer()
 
@@ -539,6 +562,7 @@ class Trainer:
             self.pending_stats = {k: v for k, v in stats.items() if not k.startswith("time_")}
             extra.setdefault("data_position", self.stream.position)
         part = self.pending.pop(0)
+        t_sleep = self._sleep() if self.colocate else 0.0
         t0 = time.perf_counter()
         m = self.update(part)
         t_update = time.perf_counter() - t0
@@ -546,9 +570,11 @@ class Trainer:
         if self.producer is not None:
             self.producer.publish(self.step, self._publish_history(self.step))
         elif not self.pending:
-            self._recovering("the weight sync", self.sync_weights)
+            self._recovering("the weight sync", self._wake_and_sync)
         t_sync = time.perf_counter() - t0
         step_s = time.perf_counter() - t_start
+        if self.colocate:
+            extra["time_sleep_s"] = t_sleep
         return {**self.pending_stats, **stats, **m, **extra, "time_update_s": t_update,
                 "time_sync_s": t_sync, "time_step_s": step_s,
                 "tokens_per_s": float(part["seg"].sum()) / step_s,
