@@ -425,3 +425,30 @@ def test_past_the_restart_bound_the_run_stops_after_a_checkpoint(tiny_dir, tmp_p
         t.run()
     assert t.step == 2 and os.path.isdir(tmp_path / "checkpoints" / "2")
     assert [x["step"] for x in rows(tmp_path)] == [1, 2]  # step 3 was never scored by default
+
+
+def test_an_error_the_healthy_services_cannot_explain_stops_the_run(tiny_dir, tmp_path):
+    """A service error while both services pass their health checks (recover() finds
+    nothing down) is retried a bounded number of times, then raised, never looped on."""
+    from walar_jax.clients.common import ServiceUnavailableError
+
+    class AlwaysFails(InProcessRollout):
+        def generate(self, prompts, **kw):
+            self.calls = getattr(self, "calls", 0) + 1
+            raise ServiceUnavailableError("Rollout.Generate on 127.0.0.1:1 failed: UNAVAILABLE")
+
+    class NothingDown(FakeServices):
+        def recover(self, err):
+            self.asked = getattr(self, "asked", 0) + 1
+            return []
+
+    c = loop_config(tiny_dir, total_steps=2, checkpoint_every=100,
+                    **{"supervision.max_restarts": 2})
+    engine = AlwaysFails(tiny_dir)
+    services = NothingDown(tiny_dir, engine, LatinShareService())
+    t = trainer_lib.Trainer(c, str(tmp_path), rollout=engine,
+                            reward_fn=trainer_lib.reward_from_service(services.reward),
+                            model_dir=tiny_dir, services=services)
+    with pytest.raises(ServiceUnavailableError, match="UNAVAILABLE"):
+        t.run()
+    assert services.asked == 3 and engine.calls == 4 and t.step == 0

@@ -453,12 +453,15 @@ class Trainer:
         recovered, the engine given the current weights again, `rewind()` (the data
         position back to the start of the step), and fn() again. No step is ever
         scored by a default value: either fn() succeeds or the run stops."""
+        unexplained = 0  # failures while every service answered its health check
         while True:
             try:
                 return fn()
             except Exception as err:
                 if self.services is None or not _recoverable(err):
                     raise
+                if unexplained > self.c.supervision.max_restarts:
+                    raise  # the services are up: the error is not theirs to fix
                 cause = getattr(err, "cause", err)
                 log.error("%s failed (%s: %s); recovering the services", what,
                           type(cause).__name__, cause)
@@ -468,7 +471,7 @@ class Trainer:
                 elif rewind is not None:
                     rewind()
                 try:
-                    self.services.recover(cause)
+                    unexplained = 0 if self.services.recover(cause) else unexplained + 1
                 except Exception:
                     if self.step:
                         self.save_checkpoint()
