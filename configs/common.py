@@ -64,6 +64,9 @@ def base() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         path="tiny", dtype="bfloat16", param_dtype="float32", remat="nothing_saveable",
         scan_layers=False, attention="xla", logprob_chunk=256,
+        # the frozen reference policy's storage dtype ("": param_dtype); bfloat16 halves
+        # its memory next to fp32 master weights (WALAR's DeepSpeed reference is bf16)
+        ref_dtype="",
     ))
     # Share of each accelerator's memory JAX may take (0: JAX's default, 75% on GPU);
     # applied by walar_jax.sharding.set_memory_fraction before JAX starts its backend.
@@ -164,7 +167,8 @@ def paper(model_path: str) -> ml_collections.ConfigDict:
     """WALAR's run (the paper's hyperparameters) for one policy checkpoint."""
     c = base()
     c.model.update(path=model_path, dtype="bfloat16", param_dtype="float32",
-                   remat="nothing_saveable", scan_layers=True, attention="xla")
+                   remat="nothing_saveable", scan_layers=True, attention="xla",
+                   ref_dtype="bfloat16")  # as WALAR's reference model (--bf16, ZeRO-3)
     # On NVIDIA GPUs: --config.model.attention=cudnn (fused flash attention).
     # WALAR's layout (README "Placement"): trainer and sidecar (tensor-parallel) share
     # GPUs 0-3 of 80 GB, the sidecar asleep during each update; the reward service

@@ -452,3 +452,23 @@ def test_an_error_the_healthy_services_cannot_explain_stops_the_run(tiny_dir, tm
     with pytest.raises(ServiceUnavailableError, match="UNAVAILABLE"):
         t.run()
     assert services.asked == 3 and engine.calls == 4 and t.step == 0
+
+
+@pytest.mark.parametrize("ref_dtype", ["", "bfloat16"])
+def test_reference_policy_storage_dtype(tiny_dir, tmp_path, ref_dtype):
+    """model.ref_dtype: the frozen reference in bf16 (as WALAR's) next to fp32 weights. At
+    step 1 the policy is the reference: k3 KL is exactly 0 with an fp32 copy and only
+    bf16 rounding with a bf16 one."""
+    import jax
+    import jax.numpy as jnp
+
+    t = make_trainer(tiny_dir, tmp_path, total_steps=1, checkpoint_every=100,
+                     **{"model.ref_dtype": ref_dtype})
+    want = jnp.bfloat16 if ref_dtype else jnp.float32
+    assert {x.dtype for x in jax.tree.leaves(t.ref_params)} == {jnp.dtype(want)}
+    t.run()
+    kl = rows(tmp_path)[0]["kl"]
+    if ref_dtype:
+        assert 0 < kl < 1e-3
+    else:
+        assert kl == 0.0

@@ -117,7 +117,10 @@ class Trainer:
         self.params = nnx.to_pure_dict(state)
         self.param_shardings = models.sharding_tree(model, self.mesh)
         self.model_cfg = model.cfg
-        self.ref_params = jax.tree.map(jnp.copy, self.params) if c.grpo.kl_coef else None
+        ref_dtype = jnp.dtype(c.model.get("ref_dtype") or c.model.param_dtype)
+        # a copy (the update donates self.params), sharded like the policy
+        self.ref_params = (jax.tree.map(lambda x: jnp.copy(x).astype(ref_dtype), self.params)
+                           if c.grpo.kl_coef else None)
         self.template = prompts.resolve_template(c.data.template, model.cfg.family)
         eos = self.tokenizer.special.get("eos_token")
         self.eos_id = self.tokenizer.token_to_id(eos) if eos else None
