@@ -11,9 +11,12 @@ layout, so neither side restates it. Pure Python (+ the generated proto messages
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
 import pathlib
 import re
+import stat
 from collections.abc import Iterable, Mapping
 
 from protos import rollout_pb2 as pb
@@ -75,13 +78,46 @@ def segment_path(tag: str) -> pathlib.Path:
 
 
 def resolve_shm_path(path: str) -> pathlib.Path:
-    """The segment a client named, checked to be one of ours in /dev/shm."""
+    """The segment a client named, checked by name to be one of ours in /dev/shm.
+    Only the name: `open_segment` does the checks that need the file."""
     p = pathlib.Path(path)
     if p.parent != SHM_DIR or not SHM_NAME.match(p.name):
         raise UpdateRefused(f"shm_path must be {SHM_DIR}/{SHM_PREFIX}<id>, got {path!r}")
-    if not p.is_file():
-        raise UpdateRefused(f"shm segment {path} does not exist (is the trainer on this host?)")
+    if os.path.realpath(p.parent) != str(SHM_DIR):
+        raise UpdateRefused(f"{SHM_DIR} is itself a link; refusing shm segments")
     return p
+
+
+def open_segment(path: str | os.PathLike) -> tuple[int, os.stat_result]:
+    """Opens a segment read-only without following a symbolic link and returns the
+    descriptor and its stat. Refuses (UpdateRefused) anything but a regular file with
+    one link, owned by this process's user and closed to group and others: a file
+    another user planted, or a link to a file elsewhere, is never read. The messages
+    name the path and the reason, never the size of a file that was refused."""
+    p = resolve_shm_path(str(path))
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UpdateRefused(f"shm segment {p} does not exist (is the trainer on this host?)") \
+            from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UpdateRefused(f"shm segment {p} is a symbolic link; refused") from None
+        raise UpdateRefused(f"shm segment {p} cannot be opened: {err.strerror}") from None
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif st.st_uid != os.geteuid():
+        problem = f"is owned by uid {st.st_uid}, not this sidecar's {os.geteuid()}"
+    elif st.st_mode & 0o077:
+        problem = f"has mode {stat.S_IMODE(st.st_mode):o}; group and others must have no access"
+    elif st.st_nlink != 1:
+        problem = f"has {st.st_nlink} hard links"
+    if problem:
+        os.close(fd)
+        raise UpdateRefused(f"shm segment {p} {problem}; refused")
+    return fd, st
 
 
 def to_proto(s: Spec) -> pb.TensorSpec:
@@ -93,10 +129,23 @@ def from_proto(t: pb.TensorSpec) -> Spec:
     return Spec(t.name, t.dtype, tuple(int(d) for d in t.shape), int(t.offset), int(t.nbytes))
 
 
+def _overlaps(specs: list[Spec]) -> list[str]:
+    """Tensors whose byte ranges share a byte: one would overwrite the other's data."""
+    out, last = [], None
+    for s in sorted((s for s in specs if s.nbytes), key=lambda s: s.offset):
+        if last is not None and s.offset < last.offset + last.nbytes:
+            out.append(f"{s.name}: bytes [{s.offset}, {s.offset + s.nbytes}) overlap "
+                       f"{last.name} [{last.offset}, {last.offset + last.nbytes})")
+        if last is None or s.offset + s.nbytes > last.offset + last.nbytes:
+            last = s
+    return out
+
+
 def validate(specs: Iterable[Spec], expected: Mapping[str, Spec],
              segment_size: int | None) -> None:
     """Raises UpdateRefused unless `specs` covers exactly the expected tensors and
     shapes, each with the byte count its dtype and shape need, inside the segment."""
+    specs = list(specs)
     seen: set[str] = set()
     problems: list[str] = []
     for s in specs:
@@ -118,6 +167,7 @@ def validate(specs: Iterable[Spec], expected: Mapping[str, Spec],
             problems.append(f"{s.name}: offset {s.offset} is not a multiple of {ALIGN}")
         elif segment_size is not None and s.offset + s.nbytes > segment_size:
             problems.append(f"{s.name}: bytes [{s.offset}, {s.offset + s.nbytes}) past segment end")
+    problems += _overlaps(specs)
     missing = sorted(set(expected) - seen)
     if missing:
         more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""

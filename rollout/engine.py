@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import pathlib
 import threading
@@ -89,11 +90,16 @@ def resolve_model_dir(model: str) -> pathlib.Path:
     return pathlib.Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors"]))
 
 
+# Completions one request may ask for (n x prompts): far above a GRPO batch, low enough
+# that one call cannot queue millions of sequences and hold the engine lock for hours.
+MAX_SEQUENCES = 1 << 16
+
+
 def check_sampling(s: Sampling) -> None:
-    if s.n < 1:
-        raise RequestError(f"n must be >= 1, got {s.n}")
-    if s.temperature < 0:
-        raise RequestError(f"temperature must be >= 0, got {s.temperature}")
+    if not 1 <= s.n <= MAX_SEQUENCES:
+        raise RequestError(f"n must be in [1, {MAX_SEQUENCES}], got {s.n}")
+    if not (math.isfinite(s.temperature) and s.temperature >= 0):
+        raise RequestError(f"temperature must be finite and >= 0, got {s.temperature}")
     if not 0 < s.top_p <= 1:
         raise RequestError(f"top_p must be in (0, 1], got {s.top_p}")
     if s.top_k < 0:
@@ -206,6 +212,12 @@ class Engine:
         for i, ids in enumerate(prompts):
             self.check_prompt(i, ids)
         check_sampling(s)
+        if s.n * len(prompts) > MAX_SEQUENCES:
+            raise RequestError(f"{len(prompts)} prompts x n={s.n} asks for more than "
+                               f"{MAX_SEQUENCES} completions in one call")
+        bad = [t for t in s.stop_token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestError(f"stop_token_ids outside [0, {self.vocab_size}): {bad[:5]}")
         try:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
             params = vllm.SamplingParams(
                 n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
@@ -239,10 +251,19 @@ class Engine:
         `seg.UpdateRefused` and leaves everything as it was.
         """
         t0 = time.perf_counter()
-        seg.validate(specs, self.table, os.path.getsize(path))
-        t_hash = time.perf_counter()
-        digest = W.segment_digest(path, specs)
-        digest_s = time.perf_counter() - t_hash
+        fd, st = seg.open_segment(path)  # no links, ours, 0600; sizes stay private
+        os.close(fd)
+        seg.validate(specs, self.table, st.st_size)
+        ident = (st.st_dev, st.st_ino)
+        with W.map_segment(path, ident) as mm:
+            bad = W.nonfinite_tensors(mm, specs)
+            if bad:
+                more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+                raise seg.UpdateRefused("update refused, old weights stay live: NaN or Inf in "
+                                        f"{', '.join(bad[:5])}{more}")
+            t_hash = time.perf_counter()
+            digest = W.mapped_digest(mm, specs)
+            digest_s = time.perf_counter() - t_hash
         nbytes = sum(s.nbytes for s in specs)
         with self.lock:
             if digest == self.digest and not self.broken:
@@ -255,7 +276,7 @@ class Engine:
                 )
             try:
                 checks = self.llm.collective_rpc(
-                    W.install_segment, args=(path, specs, list(CHECK_TENSORS))
+                    W.install_segment, args=(path, specs, list(CHECK_TENSORS), ident)
                 )
             except Exception as err:
                 self.broken = f"weights update to version {new_version} failed midway: {err}"

@@ -108,22 +108,33 @@ class RolloutServicer(pb_grpc.RolloutServicer):
                 received = time.perf_counter() - t0
                 version = header.version if header.HasField("version") else None
                 res = self.engine.install(str(path), specs, version)
-            except seg.UpdateRefused as err:
-                log.warning("%s", err)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-            except E.EngineBroken as err:
-                log.error("%s", err)
-                context.abort(grpc.StatusCode.INTERNAL, str(err))
-            except grpc.RpcError:
-                raise  # the client went away mid-stream; nothing was installed
-            except Exception as err:  # say what broke instead of gRPC's bare UNKNOWN
-                log.exception("UpdateWeights failed")
-                context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+            except BaseException as err:
+                self._drop_staging()  # a refused stream's bytes leave /dev/shm at once
+                self._abort(err, context)
         return pb.UpdateWeightsResponse(
             version=res.version, changed=res.changed, num_tensors=res.num_tensors,
             num_bytes=res.num_bytes, receive_s=received, install_s=res.install_s,
             digest=res.digest, digest_s=res.digest_s,
         )
+
+    def _drop_staging(self) -> None:
+        if self.staging is not None:
+            self.staging.close()
+            self.staging = None
+
+    @staticmethod
+    def _abort(err: BaseException, context) -> None:
+        """The status a failed update ends with (re-raises what is not ours to map)."""
+        if isinstance(err, seg.UpdateRefused):
+            log.warning("%s", err)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if isinstance(err, E.EngineBroken):
+            log.error("%s", err)
+            context.abort(grpc.StatusCode.INTERNAL, str(err))
+        if isinstance(err, (grpc.RpcError, KeyboardInterrupt, SystemExit)):
+            raise err  # the client went away mid-stream; nothing was installed
+        log.exception("UpdateWeights failed")  # say what broke instead of gRPC's UNKNOWN
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
 
     def _receive_shm(self, header: pb.WeightUpdateHeader, rest) -> tuple[str, list[seg.Spec]]:
         if next(rest, None) is not None:

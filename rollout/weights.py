@@ -87,8 +87,43 @@ def _combine(parts: Iterable[tuple[str, str]]) -> str:
 
 
 def segment_digest(path: str | pathlib.Path, specs: list[Spec]) -> str:
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        return _combine((s.name, _tensor_digest(s, memoryview(mm))) for s in specs)
+    with map_segment(path) as mm:
+        return mapped_digest(mm, specs)
+
+
+def mapped_digest(mm: mmap.mmap, specs: list[Spec]) -> str:
+    """Content hash of a mapped segment's tensors, comparable with `checkpoint_digest`."""
+    return _combine((s.name, _tensor_digest(s, memoryview(mm))) for s in specs)
+
+
+def map_segment(path: str | os.PathLike, ident: tuple[int, int] | None = None,
+                access: int = mmap.ACCESS_COPY) -> mmap.mmap:
+    """Maps a segment opened by `protos.weights.open_segment` (no links, ours, 0600).
+    `ident` (st_dev, st_ino) pins the file the caller checked: a worker that reopens
+    the path refuses a file swapped in meanwhile."""
+    fd, st = seg.open_segment(path)
+    try:
+        if ident is not None and (st.st_dev, st.st_ino) != tuple(ident):
+            raise seg.UpdateRefused(f"shm segment {path} was replaced during the update")
+        if st.st_size == 0:
+            raise seg.UpdateRefused(f"shm segment {path} is empty")
+        return mmap.mmap(fd, 0, access=access)
+    finally:
+        os.close(fd)
+
+
+def nonfinite_tensors(mm: mmap.mmap, specs: list[Spec]) -> list[str]:
+    """Names of the tensors holding a NaN or an infinity. A sum is one read pass and
+    NaN/Inf propagate through it; only a non-finite sum (or an overflow of finite
+    values, which the exact check then clears) pays for `isfinite`."""
+    import torch
+
+    bad = []
+    for s in specs:
+        t = _view(mm, s)
+        if not torch.isfinite(t.sum(dtype=torch.float32)) and not bool(torch.isfinite(t).all()):
+            bad.append(s.name)
+    return bad
 
 
 class StagingSegment:
@@ -111,26 +146,33 @@ class StagingSegment:
         self.path.unlink(missing_ok=True)
 
 
-def iter_segment(path: str, specs: list[Spec]) -> Iterator[tuple[str, torch.Tensor]]:  # noqa: F821
-    """(name, tensor) views into the mapped segment: no copy until vLLM copies them in."""
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _view(mm, s: Spec):
     import torch
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    with open(path, "rb") as f:
-        # A private mapping gives torch a writable buffer without copying the file.
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    count = s.nbytes // seg.ITEMSIZE[s.dtype]
+    t = torch.frombuffer(mm, dtype=getattr(torch, s.dtype), count=count, offset=s.offset)
+    return t.view(s.shape)
+
+
+def iter_segment(path: str, specs: list[Spec], ident: tuple[int, int] | None = None
+                 ) -> Iterator[tuple[str, torch.Tensor]]:  # noqa: F821
+    """(name, tensor) views into the mapped segment: no copy until vLLM copies them in."""
+    # A private mapping gives torch a writable buffer without copying the file.
+    mm = map_segment(path, ident, access=mmap.ACCESS_COPY)
     for s in specs:
-        count = s.nbytes // seg.ITEMSIZE[s.dtype]
-        t = torch.frombuffer(mm, dtype=dtypes[s.dtype], count=count, offset=s.offset)
-        yield s.name, t.view(s.shape)
+        yield s.name, _view(mm, s)
     # The mapping closes when the last tensor view is garbage-collected.
 
 
-def install_segment(worker, path: str, specs: list[Spec], check: list[str]) -> dict[str, bool]:
+def install_segment(worker, path: str, specs: list[Spec], check: list[str],
+                    ident: tuple[int, int] | None = None) -> dict[str, bool]:
     """Runs in a vLLM worker: reloads weights from the segment, refreshes tied layers,
     then checks that the tensors named in `check` (1:1 parameters) hold exactly the sent
     values and that the logits come from the sent head."""
-    worker.reload_weights(weights_iterator=iter_segment(path, specs))
+    worker.reload_weights(weights_iterator=iter_segment(path, specs, ident))
     model = worker.model_runner.get_model()
     refresh_tied(model)
     return {**_check_params(model, path, specs, check), **_check_head(model, path, specs)}
