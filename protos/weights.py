@@ -48,9 +48,28 @@ class Spec:
     shape: tuple[int, ...]
     offset: int = 0
     nbytes: int = 0
+    delta_count: int = 0   # delta updates: changed elements (values at offset)
+    index_offset: int = 0  # delta updates: their uint32 flat indices
 
     def expected_nbytes(self) -> int:
         return math.prod(self.shape) * ITEMSIZE[self.dtype]
+
+    def ranges(self) -> list[tuple[int, int, str]]:
+        """The byte ranges this tensor occupies in its segment."""
+        out = [(self.offset, self.nbytes, self.name)]
+        if self.delta_count:
+            out.append((self.index_offset, INDEX_BYTES * self.delta_count,
+                        f"{self.name} (indices)"))
+        return out
+
+
+# Delta updates carry flat element indices as little-endian uint32.
+INDEX_DTYPE = "uint32"
+INDEX_BYTES = 4
+
+
+class BaseMismatch(UpdateRefused):
+    """A delta made against another version than the live one (FAILED_PRECONDITION)."""
 
 
 def aligned(n: int) -> int:
@@ -122,23 +141,56 @@ def open_segment(path: str | os.PathLike) -> tuple[int, os.stat_result]:
 
 def to_proto(s: Spec) -> pb.TensorSpec:
     return pb.TensorSpec(name=s.name, dtype=s.dtype, shape=s.shape, offset=s.offset,
-                         nbytes=s.nbytes)
+                         nbytes=s.nbytes, delta_count=s.delta_count,
+                         index_offset=s.index_offset)
 
 
 def from_proto(t: pb.TensorSpec) -> Spec:
-    return Spec(t.name, t.dtype, tuple(int(d) for d in t.shape), int(t.offset), int(t.nbytes))
+    return Spec(t.name, t.dtype, tuple(int(d) for d in t.shape), int(t.offset), int(t.nbytes),
+                int(t.delta_count), int(t.index_offset))
 
 
 def _overlaps(specs: list[Spec]) -> list[str]:
     """Tensors whose byte ranges share a byte: one would overwrite the other's data."""
     out, last = [], None
-    for s in sorted((s for s in specs if s.nbytes), key=lambda s: s.offset):
-        if last is not None and s.offset < last.offset + last.nbytes:
-            out.append(f"{s.name}: bytes [{s.offset}, {s.offset + s.nbytes}) overlap "
-                       f"{last.name} [{last.offset}, {last.offset + last.nbytes})")
-        if last is None or s.offset + s.nbytes > last.offset + last.nbytes:
-            last = s
+    ranges = sorted((r for s in specs for r in s.ranges() if r[1]), key=lambda r: r[0])
+    for off, n, name in ranges:
+        if last is not None and off < last[0] + last[1]:
+            out.append(f"{name}: bytes [{off}, {off + n}) overlap "
+                       f"{last[2]} [{last[0]}, {last[0] + last[1]})")
+        if last is None or off + n > last[0] + last[1]:
+            last = (off, n, name)
     return out
+
+
+def validate_delta(specs: list[Spec], expected: Mapping[str, Spec], segment_size: int) -> None:
+    """Raises UpdateRefused unless every delta tensor is a known one in its live dtype
+    and shape, with values and indices aligned, inside the segment and apart."""
+    problems, seen = [], set()
+    for s in specs:
+        want = expected.get(s.name)
+        if s.name in seen:
+            problems.append(f"duplicate tensor {s.name}")
+        seen.add(s.name)
+        if want is None:
+            problems.append(f"unexpected tensor {s.name}")
+            continue
+        if (s.dtype, s.shape) != (want.dtype, want.shape):
+            problems.append(f"{s.name}: delta in {s.dtype}{list(s.shape)}, live weights are "
+                            f"{want.dtype}{list(want.shape)}")
+        elif not 0 < s.delta_count <= math.prod(s.shape):
+            problems.append(f"{s.name}: delta of {s.delta_count} elements")
+        elif s.nbytes != s.delta_count * ITEMSIZE[s.dtype]:
+            problems.append(f"{s.name}: {s.nbytes} bytes for {s.delta_count} values")
+        else:
+            for off, n, what in s.ranges():
+                if off % ALIGN:
+                    problems.append(f"{what}: offset {off} is not a multiple of {ALIGN}")
+                elif off + n > segment_size:
+                    problems.append(f"{what}: bytes [{off}, {off + n}) past segment end")
+    problems += _overlaps(specs)
+    if problems:
+        raise UpdateRefused("delta refused, old weights stay live: " + "; ".join(problems[:10]))
 
 
 def validate(specs: Iterable[Spec], expected: Mapping[str, Spec],

@@ -79,6 +79,11 @@ class InstallResult:
     install_s: float
     digest: str
     digest_s: float
+    check_s: float = 0.0
+    load_s: float = 0.0
+    pack_s: float = 0.0
+    delta: bool = False
+    delta_elements: int = 0
 
 
 def resolve_model_dir(model: str) -> pathlib.Path:
@@ -96,8 +101,10 @@ MAX_SEQUENCES = 1 << 16
 
 
 def check_sampling(s: Sampling) -> None:
-    if not 1 <= s.n <= MAX_SEQUENCES:
-        raise RequestError(f"n must be in [1, {MAX_SEQUENCES}], got {s.n}")
+    if s.n < 1:
+        raise RequestError(f"n must be >= 1, got {s.n}")
+    if s.n > MAX_SEQUENCES:
+        raise RequestError(f"n must be at most {MAX_SEQUENCES}, got {s.n}")
     if not (math.isfinite(s.temperature) and s.temperature >= 0):
         raise RequestError(f"temperature must be finite and >= 0, got {s.temperature}")
     if not 0 < s.top_p <= 1:
@@ -146,6 +153,7 @@ class Engine:
         self.digest = W.checkpoint_digest(self.model_dir)
         self.version = cfg.weights_version
         self.broken: str | None = None
+        self.shadow = W.Shadow() if cfg.delta_sync else None
         kv = kwargs["kv_cache_memory_bytes"]
         log.info("vLLM %s on %s: %s (%s, max_model_len %d of the model's %d, KV cache %s, "
                  "%d tensors) ready in %.1fs", self.engine_version, self.device, cfg.model,
@@ -244,54 +252,120 @@ class Engine:
 
     # ---- weights -----------------------------------------------------------------
 
-    def install(self, path: str, specs: list[seg.Spec], version: int | None) -> InstallResult:
+    def install(self, path: str, specs: list[seg.Spec], version: int | None,
+                content_id: str = "", base_version: int | None = None) -> InstallResult:
         """Validates the staged update, installs it unless identical, bumps the version.
 
         Returns only once vLLM serves the new weights. A refused update raises
-        `seg.UpdateRefused` and leaves everything as it was.
+        `seg.UpdateRefused` (`seg.BaseMismatch` for a delta against another version)
+        and leaves everything as it was. `content_id` names the content instead of a
+        hash; `base_version` makes the update a delta (see protos/rollout.proto).
         """
         t0 = time.perf_counter()
         fd, st = seg.open_segment(path)  # no links, ours, 0600; sizes stay private
         os.close(fd)
-        seg.validate(specs, self.table, st.st_size)
-        ident = (st.st_dev, st.st_ino)
+        ident, times = (st.st_dev, st.st_ino), {}
         with W.map_segment(path, ident) as mm:
-            bad = W.nonfinite_tensors(mm, specs)
-            if bad:
-                more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-                raise seg.UpdateRefused("update refused, old weights stay live: NaN or Inf in "
-                                        f"{', '.join(bad[:5])}{more}")
+            if base_version is not None:
+                return self._install_delta(mm, specs, version, content_id, base_version, t0)
+            seg.validate(specs, self.table, st.st_size)
+            self._check_finite(mm, specs, times)
             t_hash = time.perf_counter()
-            digest = W.mapped_digest(mm, specs)
-            digest_s = time.perf_counter() - t_hash
-        nbytes = sum(s.nbytes for s in specs)
+            digest = f"id:{content_id}" if content_id else W.mapped_digest(mm, specs)
+            times["digest_s"] = time.perf_counter() - t_hash
+            with self.lock:
+                if digest == self.digest and not self.broken:
+                    return self._result(False, specs, t0, times)
+                new_version = self._next_version(version)
+                self._load(path, specs, ident, new_version, times)
+                if self.shadow is not None:
+                    self.shadow.store(mm, specs)
+                self.version, self.digest, self.broken = new_version, digest, None
+        return self._result(True, specs, t0, times)
+
+    def _install_delta(self, mm, specs, version, content_id, base_version, t0) -> InstallResult:
+        if self.shadow is None or not self.shadow.specs:
+            raise seg.BaseMismatch("delta refused: this sidecar holds no base for deltas "
+                                   "(start it with --delta_sync; send a full update first)")
+        times: dict[str, float] = {}
+        seg.validate_delta(specs, self.shadow.specs, len(mm))
+        values = [seg.Spec(s.name, s.dtype, (s.delta_count,), s.offset, s.nbytes) for s in specs]
+        self._check_finite(mm, values, times)
+        self.shadow.check_indices(mm, specs)
         with self.lock:
-            if digest == self.digest and not self.broken:
-                return InstallResult(self.version, False, len(specs), nbytes,
-                                     time.perf_counter() - t0, digest, digest_s)
-            new_version = self.version + 1 if version is None else version
-            if new_version <= self.version:
-                raise seg.UpdateRefused(
-                    f"version {new_version} is not newer than the live version {self.version}"
-                )
-            try:
-                checks = self.llm.collective_rpc(
-                    W.install_segment, args=(path, specs, list(CHECK_TENSORS), ident)
-                )
-            except Exception as err:
-                self.broken = f"weights update to version {new_version} failed midway: {err}"
-                raise EngineBroken(self.broken) from err
-            failed = [n for per_worker in checks for n, ok in per_worker.items() if not ok]
-            if failed:
-                self.broken = f"after installing version {new_version}, {failed} still differ"
-                raise EngineBroken(self.broken)
-            # Cached KV blocks were computed by the old weights.
-            self.llm.reset_prefix_cache()
-            self.version, self.digest, self.broken = new_version, digest, None
-        log.info("weights version %d live (%d tensors, %.1f MB) in %.2fs", new_version,
-                 len(specs), nbytes / 1e6, time.perf_counter() - t0)
-        return InstallResult(new_version, True, len(specs), nbytes,
-                             time.perf_counter() - t0, digest, digest_s)
+            if base_version != self.version or self.broken:
+                raise seg.BaseMismatch(f"delta against version {base_version} refused: "
+                                       f"version {self.version} is live; send a full update")
+            if not specs:
+                return self._result(False, specs, t0, times)
+            new_version = self._next_version(version)
+            touched = self.shadow.apply(mm, specs)
+            self._load(str(self.shadow.path), touched, None, new_version, times)
+            self.version, self.broken = new_version, None
+            self.digest = f"id:{content_id}" if content_id else ""
+        res = self._result(True, specs, t0, times)
+        return dataclasses.replace(res, delta=True,
+                                   delta_elements=sum(s.delta_count for s in specs))
+
+    @staticmethod
+    def _check_finite(mm, specs: list[seg.Spec], times: dict) -> None:
+        t = time.perf_counter()
+        bad = W.nonfinite_tensors(mm, specs)
+        times["check_s"] = time.perf_counter() - t
+        if bad:
+            more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise seg.UpdateRefused("update refused, old weights stay live: NaN or Inf in "
+                                    f"{', '.join(bad[:5])}{more}")
+
+    def _next_version(self, version: int | None) -> int:
+        new_version = self.version + 1 if version is None else version
+        if new_version <= self.version:
+            raise seg.UpdateRefused(
+                f"version {new_version} is not newer than the live version {self.version}")
+        return new_version
+
+    def _load(self, path: str, specs: list[seg.Spec], ident, new_version: int,
+              times: dict) -> None:
+        """Copies the tensors into every worker (caller holds the lock); a failure
+        midway leaves the engine broken until an update succeeds."""
+        direct = self.cfg.weight_install == "direct"
+        fn, check = ((W.install_direct, ["model.norm.weight"]) if direct
+                     else (W.install_segment, list(CHECK_TENSORS)))
+        try:
+            per_worker = self.llm.collective_rpc(fn, args=(path, specs, check, ident))
+        except Exception as err:
+            self.broken = f"weights update to version {new_version} failed midway: {err}"
+            raise EngineBroken(self.broken) from err
+        failed = [n for res in per_worker for n, ok in res.items()
+                  if not n.endswith("_s") and not ok]
+        if failed:
+            self.broken = f"after installing version {new_version}, {failed} still differ"
+            raise EngineBroken(self.broken)
+        for key in ("load_s", "pack_s"):
+            times[key] = max(res.get(key, 0.0) for res in per_worker)
+        # Cached KV blocks were computed by the old weights.
+        self.llm.reset_prefix_cache()
+
+    def _result(self, changed: bool, specs: list[seg.Spec], t0: float,
+                times: dict) -> InstallResult:
+        nbytes = sum(s.nbytes + seg.INDEX_BYTES * s.delta_count for s in specs)
+        took = time.perf_counter() - t0
+        if changed:
+            log.info("weights version %d live (%d tensors, %.1f MB) in %.2fs", self.version,
+                     len(specs), nbytes / 1e6, took)
+        return InstallResult(self.version, changed, len(specs), nbytes, took, self.digest,
+                             times.get("digest_s", 0.0), times.get("check_s", 0.0),
+                             times.get("load_s", 0.0), times.get("pack_s", 0.0))
+
+    def live_hash(self) -> str:
+        """Hash of the live weights from the shadow copy ("" without --delta_sync)."""
+        with self.lock:
+            return self.shadow.digest() if self.shadow is not None else ""
+
+    def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
+            self.shadow = None
 
 
 def _completion(c) -> CompletionOut:

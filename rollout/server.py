@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_num_seqs", type=int, default=D.max_num_seqs)
     p.add_argument("--weights_version", type=int, default=D.weights_version,
                    help="version number of the starting checkpoint (e.g. the trainer's step)")
+    p.add_argument("--weight_install", default=D.weight_install,
+                   help="direct (default): updates copied into the parameters by the "
+                        "model's loaders; reload: vLLM's generic in-place reload")
+    p.add_argument("--delta_sync", action=argparse.BooleanOptionalAction,
+                   default=D.delta_sync,
+                   help="accept delta updates (keeps one more copy of the weights in /dev/shm)")
     service.add_server_flags(p)
     return p.parse_args(argv)
 

@@ -48,8 +48,8 @@ class RolloutServicer(pb_grpc.RolloutServicer):
         self.update_lock = threading.Lock()
 
     def close(self) -> None:
-        if self.staging is not None:
-            self.staging.close()
+        self._drop_staging()
+        self.engine.close()
 
     # ---- Generate -------------------------------------------------------------
 
@@ -107,14 +107,18 @@ class RolloutServicer(pb_grpc.RolloutServicer):
                     )
                 received = time.perf_counter() - t0
                 version = header.version if header.HasField("version") else None
-                res = self.engine.install(str(path), specs, version)
+                base = header.base_version if header.HasField("base_version") else None
+                if base is not None and header.transport != "shm":
+                    raise seg.UpdateRefused("delta updates travel by shm only")
+                res = self.engine.install(str(path), specs, version, header.content_id, base)
             except BaseException as err:
                 self._drop_staging()  # a refused stream's bytes leave /dev/shm at once
                 self._abort(err, context)
         return pb.UpdateWeightsResponse(
             version=res.version, changed=res.changed, num_tensors=res.num_tensors,
             num_bytes=res.num_bytes, receive_s=received, install_s=res.install_s,
-            digest=res.digest, digest_s=res.digest_s,
+            digest=res.digest, digest_s=res.digest_s, check_s=res.check_s, load_s=res.load_s,
+            pack_s=res.pack_s, delta=res.delta, delta_elements=res.delta_elements,
         )
 
     def _drop_staging(self) -> None:
@@ -125,6 +129,9 @@ class RolloutServicer(pb_grpc.RolloutServicer):
     @staticmethod
     def _abort(err: BaseException, context) -> None:
         """The status a failed update ends with (re-raises what is not ours to map)."""
+        if isinstance(err, seg.BaseMismatch):
+            log.warning("%s", err)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
         if isinstance(err, seg.UpdateRefused):
             log.warning("%s", err)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
@@ -186,4 +193,5 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             prefix_caching=e.cfg.enable_prefix_caching, logprobs_mode=E.LOGPROBS_MODE,
             has_chat_template=bool(e.tokenizer.chat_template), num_tensors=len(e.table),
             proof=identity_proof(self.token, request.nonce) if request.nonce else "",
+            live_hash=e.live_hash() if request.hash_live else "", delta_sync=e.shadow is not None,
         )

@@ -21,6 +21,7 @@ import mmap
 import os
 import pathlib
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 
 from protos import safetensors
@@ -157,6 +158,65 @@ def _view(mm, s: Spec):
     return t.view(s.shape)
 
 
+class Shadow:
+    """The live weights in checkpoint layout, in a sidecar-owned segment: what a delta
+    update is applied to before the changed tensors are installed from it (so after any
+    sequence of deltas the engine holds exactly what one full update would give)."""
+
+    def __init__(self) -> None:
+        fd, path = tempfile.mkstemp(prefix=f"{seg.SHM_PREFIX}sidecar-shadow-", dir=seg.SHM_DIR)
+        self.fd, self.path = fd, pathlib.Path(path)
+        self.mm: mmap.mmap | None = None
+        self.specs: dict[str, Spec] = {}
+
+    def store(self, src: mmap.mmap, specs: list[Spec]) -> None:
+        """Copies a full update (already validated) into the shadow."""
+        layout, off = {}, 0
+        for s in specs:
+            layout[s.name] = Spec(s.name, s.dtype, s.shape, off, s.nbytes)
+            off = seg.aligned(off + s.nbytes)
+        if self.mm is None or len(self.mm) != max(off, 1):
+            if self.mm is not None:
+                self.mm.close()
+            os.ftruncate(self.fd, max(off, 1))
+            self.mm = mmap.mmap(self.fd, max(off, 1))
+        for s in specs:
+            d = layout[s.name]
+            self.mm[d.offset : d.offset + d.nbytes] = src[s.offset : s.offset + s.nbytes]
+        self.specs = layout
+
+    def check_indices(self, src: mmap.mmap, specs: list[Spec]) -> None:
+        """Raises UpdateRefused unless every delta's indices rise strictly inside its tensor."""
+        import numpy as np
+
+        for s in specs:
+            idx = np.frombuffer(src, seg.INDEX_DTYPE, s.delta_count, s.index_offset)
+            n = self.specs[s.name].nbytes // seg.ITEMSIZE[s.dtype]
+            if idx[-1] >= n or (len(idx) > 1 and not bool((idx[1:] > idx[:-1]).all())):
+                raise seg.UpdateRefused(f"delta refused, old weights stay live: {s.name}: "
+                                        f"indices must rise strictly within [0, {n})")
+
+    def apply(self, src: mmap.mmap, specs: list[Spec]) -> list[Spec]:
+        """Writes checked deltas into the shadow; returns the shadow specs they touched."""
+        import numpy as np
+
+        for s in specs:
+            d, raw = self.specs[s.name], np.dtype(f"u{seg.ITEMSIZE[s.dtype]}")
+            idx = np.frombuffer(src, seg.INDEX_DTYPE, s.delta_count, s.index_offset)
+            dst = np.frombuffer(self.mm, raw, d.nbytes // raw.itemsize, d.offset)
+            dst[idx] = np.frombuffer(src, raw, s.delta_count, s.offset)  # bits, not values
+        return [self.specs[s.name] for s in specs]
+
+    def digest(self) -> str:
+        return mapped_digest(self.mm, list(self.specs.values())) if self.mm else ""
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
+
+
 def iter_segment(path: str, specs: list[Spec], ident: tuple[int, int] | None = None
                  ) -> Iterator[tuple[str, torch.Tensor]]:  # noqa: F821
     """(name, tensor) views into the mapped segment: no copy until vLLM copies them in."""
@@ -176,6 +236,85 @@ def install_segment(worker, path: str, specs: list[Spec], check: list[str],
     model = worker.model_runner.get_model()
     refresh_tied(model)
     return {**_check_params(model, path, specs, check), **_check_head(model, path, specs)}
+
+
+def install_direct(worker, path: str, specs: list[Spec], check: list[str],
+                   ident: tuple[int, int] | None = None) -> dict[str, float | bool]:
+    """Runs in a vLLM worker: copies the segment's tensors straight into the model's
+    parameters with the model's own `load_weights` (its loaders pack q/k/v into qkv_proj
+    and gate/up into gate_up_proj), then re-runs each layer's weight post-processing.
+
+    vLLM's generic reload instead moves every layer to the meta device, materialises it
+    anew, loads, processes and copies the result back. Here the only copy is the loaders'
+    into the parameters; on CPU, where unquantized linear layers keep just a packed
+    (oneDNN) copy, each gets back a persistent plain weight to load into (allocated on
+    the first update) before vLLM packs it again. Returns timings and the check results.
+    """
+    import torch
+
+    model = worker.model_runner.get_model()
+    t0 = time.perf_counter()
+    restored = _restore_packed(worker, model)
+    with torch.no_grad():
+        loaded = model.load_weights(iter_segment(path, specs, ident))
+    t_load = time.perf_counter()
+    for mod in model.modules():
+        qm = getattr(mod, "quant_method", None)
+        if qm is not None and (mod in restored or _owns_loaded(mod, model, loaded)):
+            qm.process_weights_after_loading(mod)
+    t_pack = time.perf_counter()
+    checks = {**_check_params(model, path, specs, check), **_check_head(model, path, specs)}
+    return {"load_s": t_load - t0, "pack_s": t_pack - t_load, **checks}
+
+
+def _owns_loaded(mod, model, loaded: set[str]) -> bool:
+    names = getattr(model, "_walar_module_params", None)
+    if names is None:  # module -> its parameter names, once per model
+        names = {}
+        for mname, m in model.named_modules():
+            names[m] = {f"{mname}.{p}" if mname else p for p, _ in m.named_parameters(
+                recurse=False)}
+        model._walar_module_params = names
+    return bool(names.get(mod, set()) & loaded) or mod in _tied_modules(model)
+
+
+def _tied_modules(model) -> set:
+    out = getattr(model, "_walar_tied", None)
+    if out is None:
+        by_storage: dict[int, list] = {}
+        for mod in model.modules():
+            w = getattr(mod, "weight", None)
+            if getattr(w, "numel", lambda: 0)() and hasattr(mod, "quant_method"):
+                by_storage.setdefault(w.data_ptr(), []).append(mod)
+        out = {m for mods in by_storage.values() if len(mods) > 1 for m in mods}
+        model._walar_tied = out
+    return out
+
+
+def _restore_packed(worker, model) -> set:
+    """Gives each layer whose weight vLLM packed away (numel 0) a plain weight in its
+    checkpoint shape, from the metadata vLLM recorded at load time; the tensors are
+    kept on the worker and reused by every later update."""
+    from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
+    from vllm.model_executor.model_loader.reload.meta import materialize_meta_tensor
+    from vllm.model_executor.model_loader.reload.sanitize import restore_layer_refs
+
+    cache = getattr(worker, "_walar_plain_weights", None)
+    if cache is None:
+        cache = worker._walar_plain_weights = {}
+        for mod in model.modules():
+            w = getattr(mod, "weight", None)
+            if w is None or not hasattr(mod, "quant_method") or w.numel():
+                continue
+            info = get_layerwise_info(mod)
+            meta = info.restore_metadata[0].get("weight")
+            if meta is None or not meta.numel():
+                continue
+            with info.restore_device:
+                cache[mod] = materialize_meta_tensor(restore_layer_refs(meta, mod))
+    for mod, w in cache.items():
+        mod.register_parameter("weight", w)
+    return set(cache)
 
 
 def refresh_tied(model) -> None:
