@@ -187,14 +187,20 @@ class Shadow:
 
     def check_indices(self, src: mmap.mmap, specs: list[Spec]) -> None:
         """Raises UpdateRefused unless every delta's indices rise strictly inside its tensor."""
+        bad = self._bad_indices(src, specs)  # no view of `src` may live in a raising frame
+        if bad:
+            raise seg.UpdateRefused(f"delta refused, old weights stay live: {bad[0]}: "
+                                    f"indices must rise strictly within [0, {bad[1]})")
+
+    def _bad_indices(self, src: mmap.mmap, specs: list[Spec]) -> tuple[str, int] | None:
         import numpy as np
 
         for s in specs:
             idx = np.frombuffer(src, seg.INDEX_DTYPE, s.delta_count, s.index_offset)
             n = self.specs[s.name].nbytes // seg.ITEMSIZE[s.dtype]
             if idx[-1] >= n or (len(idx) > 1 and not bool((idx[1:] > idx[:-1]).all())):
-                raise seg.UpdateRefused(f"delta refused, old weights stay live: {s.name}: "
-                                        f"indices must rise strictly within [0, {n})")
+                return s.name, n
+        return None
 
     def apply(self, src: mmap.mmap, specs: list[Spec]) -> list[Spec]:
         """Writes checked deltas into the shadow; returns the shadow specs they touched."""
@@ -342,7 +348,7 @@ def _check_params(model, path: str, specs: list[Spec], check: list[str]) -> dict
     params = dict(model.named_parameters())
     sent = dict(iter_segment(path, [s for s in specs if s.name in check]))
     ok = {}
-    for name in check:
+    for name in sent:  # a delta installs some tensors only
         p = params.get(name)
         if p is not None and tuple(p.shape) == tuple(sent[name].shape):
             ok[name] = bool(torch.equal(p.detach().cpu(), sent[name].to(p.dtype)))
@@ -355,7 +361,9 @@ def _check_head(model, path: str, specs: list[Spec]) -> dict[str, bool]:
     import torch
 
     names = {s.name: s for s in specs}
-    head = names.get("lm_head.weight") or names.get("model.embed_tokens.weight")
+    tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+    head = names.get("lm_head.weight") or (names.get("model.embed_tokens.weight") if tied
+                                           else None)  # a delta may not touch the head
     lp = getattr(model, "logits_processor", None)
     if head is None or lp is None or lp.scale != 1.0 or lp.soft_cap is not None:
         return {}
