@@ -72,7 +72,8 @@ class UpdateResult:
     check_s: float = 0.0        # the sidecar's NaN/Inf scan
     load_s: float = 0.0         # copying into the engine's parameters
     pack_s: float = 0.0         # the engine's post-processing (CPU: packing)
-    write_s: float = 0.0        # this side: gathering (the iterator) and writing the segment
+    write_s: float = 0.0        # this side, before the call: the iterator (the gather) and
+    #                             writing the segment (with a delta: finding the changes)
     delta: bool = False         # sent as a delta
     delta_elements: int = 0
     fell_back: str = ""         # why a delta became a full update ("" if it did not)
@@ -259,9 +260,10 @@ class RolloutClient:
             out = t.write_delta(iter(tensors), base, delta_max_fraction)
             if out is not None:
                 msg = _header_msg(t.path, version, content_id, out[0], base.version)
+                written = time.perf_counter() - t0
                 try:
                     resp = self._send_shm(msg, timeout, base)
-                    return _result(resp, write_s=time.perf_counter() - t0)
+                    return _result(resp, write_s=written)
                 except ServiceError as err:
                     if err.code != grpc.StatusCode.FAILED_PRECONDITION:
                         raise
@@ -271,8 +273,9 @@ class RolloutClient:
             tensors = base.items()  # the new weights in full, kept by write_delta
         specs = t.write(iter(tensors), keep=base)
         msg = _header_msg(t.path, version, content_id, specs, None)
+        written = time.perf_counter() - t0
         resp = self._send_shm(msg, timeout, base)
-        return _result(resp, write_s=time.perf_counter() - t0, fell_back=fell_back)
+        return _result(resp, write_s=written, fell_back=fell_back)
 
     def _send_shm(self, msg: pb.WeightUpdateMessage, timeout: float | None,
                   base: weight_sync.DeltaBase | None) -> pb.UpdateWeightsResponse:
