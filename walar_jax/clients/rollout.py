@@ -210,11 +210,20 @@ class RolloutClient:
         ]
 
     def update_weights(self, tensors: weight_sync.Tensors, *, version: int | None = None,
-                       transport: str = "shm", timeout: float | None = None) -> UpdateResult:
+                       transport: str = "shm", timeout: float | None = None,
+                       content_id: str = "", delta: bool = False,
+                       delta_max_fraction: float = 0.05) -> UpdateResult:
         """Sends (HF name, host numpy array) pairs, taken one at a time, and returns once
         the sidecar serves them. The manifest must cover exactly the checkpoint's tensors
         (else InvalidRequestError, old weights stay live); identical bytes leave the
-        version unchanged (`changed=False`). Give arrays in `engine_dtype()`."""
+        version unchanged (`changed=False`). Give arrays in `engine_dtype()`.
+        `content_id` and `delta` (shm only): see `update_weights_shm`."""
+        if content_id or delta:
+            if transport != "shm":
+                raise ValueError(f"content_id and delta need the shm transport, not {transport}")
+            return self.update_weights_shm(tensors, version=version, content_id=content_id,
+                                           delta=delta, delta_max_fraction=delta_max_fraction,
+                                           timeout=timeout)
         try:
             pairs = iter(tensors)
         except TypeError:
