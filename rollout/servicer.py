@@ -49,7 +49,8 @@ class RolloutServicer(pb_grpc.RolloutServicer):
 
     def close(self) -> None:
         self._drop_staging()
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
 
     # ---- Generate -------------------------------------------------------------
 
