@@ -154,6 +154,9 @@ class Engine:
         self.version = cfg.weights_version
         self.broken: str | None = None
         self.shadow = W.Shadow() if cfg.delta_sync else None
+        # Set when the parameters lost their values outside an update (e.g. a sleep that
+        # discards the weights): the next delta then installs the whole shadow.
+        self.params_lost = False
         kv = kwargs["kv_cache_memory_bytes"]
         log.info("vLLM %s on %s: %s (%s, max_model_len %d of the model's %d, KV cache %s, "
                  "%d tensors) ready in %.1fs", self.engine_version, self.device, cfg.model,
@@ -278,6 +281,7 @@ class Engine:
                     return self._result(False, specs, t0, times)
                 new_version = self._next_version(version)
                 self._load(path, specs, ident, new_version, times)
+                self.params_lost = False
                 if self.shadow is not None:
                     self.shadow.store(mm, specs)
                 self.version, self.digest, self.broken = new_version, digest, None
@@ -300,8 +304,10 @@ class Engine:
                 return self._result(False, specs, t0, times)
             new_version = self._next_version(version)
             touched = self.shadow.apply(mm, specs)
+            if self.params_lost:
+                touched = list(self.shadow.specs.values())
             self._load(str(self.shadow.path), touched, None, new_version, times)
-            self.version, self.broken = new_version, None
+            self.version, self.broken, self.params_lost = new_version, None, False
             self.digest = f"id:{content_id}" if content_id else ""
         res = self._result(True, specs, t0, times)
         return dataclasses.replace(res, delta=True,
