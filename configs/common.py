@@ -111,6 +111,9 @@ def base() -> ml_collections.ConfigDict:
         min_tokens=1, eos_on_truncation=True, prompt_truncation="right",
         # one deadline per call over all its retries: Generate, UpdateWeights
         length_bucket=64, weight_transport="shm", timeout_s=1800.0, update_timeout_s=600.0,
+        # shm to a sidecar started with --delta_sync: send only the elements whose bits
+        # changed since the last sync, or a full update past this share of all elements
+        delta_sync=False, delta_max_fraction=0.05,
         # 0: generate, score, update, sync in turn (WALAR). s > 0: a background thread
         # makes the next rollouts while the trainer updates, at most s weight versions
         # behind (see grpo.is_correction for the off-policy correction).

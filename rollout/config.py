@@ -40,6 +40,10 @@ class EngineConfig:
     max_num_seqs: int = 256
     weights_version: int = 0            # the version the starting checkpoint carries
     enable_sleep_mode: bool = False     # Sleep/WakeUp RPCs (vLLM sleep mode; GPU only)
+    # "direct": updates copied straight into the parameters by the model's own loaders;
+    # "reload": vLLM's generic in-place reload (slower; kept to compare and fall back).
+    weight_install: str = "direct"
+    delta_sync: bool = False            # keep a copy of the live weights for deltas
 
 
 def check_flags(cfg: EngineConfig) -> None:
@@ -52,6 +56,7 @@ def check_flags(cfg: EngineConfig) -> None:
         ("tensor_parallel_size", cfg.tensor_parallel_size >= 1, ">= 1"),
         ("max_num_seqs", cfg.max_num_seqs >= 1, ">= 1"),
         ("weights_version", cfg.weights_version >= 0, ">= 0"),
+        ("weight_install", cfg.weight_install in ("direct", "reload"), "direct or reload"),
     ]
     for flag, ok, want in rules:
         if not ok:

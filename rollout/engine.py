@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import pathlib
 import threading
@@ -89,6 +90,11 @@ class InstallResult:
     install_s: float
     digest: str
     digest_s: float
+    check_s: float = 0.0
+    load_s: float = 0.0
+    pack_s: float = 0.0
+    delta: bool = False
+    delta_elements: int = 0
 
 
 def resolve_model_dir(model: str) -> pathlib.Path:
@@ -100,11 +106,18 @@ def resolve_model_dir(model: str) -> pathlib.Path:
     return pathlib.Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors"]))
 
 
+# Completions one request may ask for (n x prompts): far above a GRPO batch, low enough
+# that one call cannot queue millions of sequences and hold the engine lock for hours.
+MAX_SEQUENCES = 1 << 16
+
+
 def check_sampling(s: Sampling) -> None:
     if s.n < 1:
         raise RequestError(f"n must be >= 1, got {s.n}")
-    if s.temperature < 0:
-        raise RequestError(f"temperature must be >= 0, got {s.temperature}")
+    if s.n > MAX_SEQUENCES:
+        raise RequestError(f"n must be at most {MAX_SEQUENCES}, got {s.n}")
+    if not (math.isfinite(s.temperature) and s.temperature >= 0):
+        raise RequestError(f"temperature must be finite and >= 0, got {s.temperature}")
     if not 0 < s.top_p <= 1:
         raise RequestError(f"top_p must be in (0, 1], got {s.top_p}")
     if s.top_k < 0:
@@ -152,6 +165,10 @@ class Engine:
         self.version = cfg.weights_version
         self.broken: str | None = None
         self.sleep_level = 0  # 0: awake; else the level of the Sleep that put it to sleep
+        self.shadow = W.Shadow() if cfg.delta_sync else None
+        # Set when the parameters lost their values outside an update (e.g. a sleep that
+        # discards the weights): the next delta then installs the whole shadow.
+        self.params_lost = False
         kv = kwargs["kv_cache_memory_bytes"]
         log.info("vLLM %s on %s: %s (%s, max_model_len %d of the model's %d, KV cache %s, "
                  "%d tensors) ready in %.1fs", self.engine_version, self.device, cfg.model,
@@ -218,6 +235,12 @@ class Engine:
         for i, ids in enumerate(prompts):
             self.check_prompt(i, ids)
         check_sampling(s)
+        if s.n * len(prompts) > MAX_SEQUENCES:
+            raise RequestError(f"{len(prompts)} prompts x n={s.n} asks for more than "
+                               f"{MAX_SEQUENCES} completions in one call")
+        bad = [t for t in s.stop_token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RequestError(f"stop_token_ids outside [0, {self.vocab_size}): {bad[:5]}")
         try:  # vLLM's own checks (e.g. n > 1 with greedy sampling)
             params = vllm.SamplingParams(
                 n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
@@ -245,46 +268,125 @@ class Engine:
 
     # ---- weights -----------------------------------------------------------------
 
-    def install(self, path: str, specs: list[seg.Spec], version: int | None) -> InstallResult:
+    def install(self, path: str, specs: list[seg.Spec], version: int | None,
+                content_id: str = "", base_version: int | None = None) -> InstallResult:
         """Validates the staged update, installs it unless identical, bumps the version.
 
         Returns only once vLLM serves the new weights. A refused update raises
-        `seg.UpdateRefused` and leaves everything as it was.
+        `seg.UpdateRefused` (`seg.BaseMismatch` for a delta against another version)
+        and leaves everything as it was. `content_id` names the content instead of a
+        hash; `base_version` makes the update a delta (see protos/rollout.proto).
         """
         t0 = time.perf_counter()
-        seg.validate(specs, self.table, os.path.getsize(path))
-        t_hash = time.perf_counter()
-        digest = W.segment_digest(path, specs)
-        digest_s = time.perf_counter() - t_hash
-        nbytes = sum(s.nbytes for s in specs)
+        fd, st = seg.open_segment(path)  # no links, ours, 0600; sizes stay private
+        os.close(fd)
+        ident, times = (st.st_dev, st.st_ino), {}
+        with W.map_segment(path, ident) as mm:
+            if base_version is not None:
+                return self._install_delta(mm, specs, version, content_id, base_version, t0)
+            seg.validate(specs, self.table, st.st_size)
+            self._check_finite(mm, specs, times)
+            t_hash = time.perf_counter()
+            digest = f"id:{content_id}" if content_id else W.mapped_digest(mm, specs)
+            times["digest_s"] = time.perf_counter() - t_hash
+            with self.lock:
+                self._check_awake("UpdateWeights")
+                if digest == self.digest and not self.broken:
+                    return self._result(False, specs, t0, times)
+                new_version = self._next_version(version)
+                self._load(path, specs, ident, new_version, times)
+                self.params_lost = False
+                if self.shadow is not None:
+                    self.shadow.store(mm, specs)
+                self.version, self.digest, self.broken = new_version, digest, None
+        return self._result(True, specs, t0, times)
+
+    def _install_delta(self, mm, specs, version, content_id, base_version, t0) -> InstallResult:
+        if self.shadow is None or not self.shadow.specs:
+            raise seg.BaseMismatch("delta refused: this sidecar holds no base for deltas "
+                                   "(start it with --delta_sync; send a full update first)")
+        times: dict[str, float] = {}
+        seg.validate_delta(specs, self.shadow.specs, len(mm))
+        values = [seg.Spec(s.name, s.dtype, (s.delta_count,), s.offset, s.nbytes) for s in specs]
+        self._check_finite(mm, values, times)
+        self.shadow.check_indices(mm, specs)
         with self.lock:
             self._check_awake("UpdateWeights")
-            if digest == self.digest and not self.broken:
-                return InstallResult(self.version, False, len(specs), nbytes,
-                                     time.perf_counter() - t0, digest, digest_s)
-            new_version = self.version + 1 if version is None else version
-            if new_version <= self.version:
-                raise seg.UpdateRefused(
-                    f"version {new_version} is not newer than the live version {self.version}"
-                )
-            try:
-                checks = self.llm.collective_rpc(
-                    W.install_segment, args=(path, specs, list(CHECK_TENSORS))
-                )
-            except Exception as err:
-                self.broken = f"weights update to version {new_version} failed midway: {err}"
-                raise EngineBroken(self.broken) from err
-            failed = [n for per_worker in checks for n, ok in per_worker.items() if not ok]
-            if failed:
-                self.broken = f"after installing version {new_version}, {failed} still differ"
-                raise EngineBroken(self.broken)
-            # Cached KV blocks were computed by the old weights.
-            self.llm.reset_prefix_cache()
-            self.version, self.digest, self.broken = new_version, digest, None
-        log.info("weights version %d live (%d tensors, %.1f MB) in %.2fs", new_version,
-                 len(specs), nbytes / 1e6, time.perf_counter() - t0)
-        return InstallResult(new_version, True, len(specs), nbytes,
-                             time.perf_counter() - t0, digest, digest_s)
+            if base_version != self.version or self.broken:
+                raise seg.BaseMismatch(f"delta against version {base_version} refused: "
+                                       f"version {self.version} is live; send a full update")
+            if not specs:
+                return self._result(False, specs, t0, times)
+            new_version = self._next_version(version)
+            touched = self.shadow.apply(mm, specs)
+            if self.params_lost:
+                touched = list(self.shadow.specs.values())
+            self._load(str(self.shadow.path), touched, None, new_version, times)
+            self.version, self.broken, self.params_lost = new_version, None, False
+            self.digest = f"id:{content_id}" if content_id else ""
+        res = self._result(True, specs, t0, times)
+        return dataclasses.replace(res, delta=True,
+                                   delta_elements=sum(s.delta_count for s in specs))
+
+    @staticmethod
+    def _check_finite(mm, specs: list[seg.Spec], times: dict) -> None:
+        t = time.perf_counter()
+        bad = W.nonfinite_tensors(mm, specs)
+        times["check_s"] = time.perf_counter() - t
+        if bad:
+            more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise seg.UpdateRefused("update refused, old weights stay live: NaN or Inf in "
+                                    f"{', '.join(bad[:5])}{more}")
+
+    def _next_version(self, version: int | None) -> int:
+        new_version = self.version + 1 if version is None else version
+        if new_version <= self.version:
+            raise seg.UpdateRefused(
+                f"version {new_version} is not newer than the live version {self.version}")
+        return new_version
+
+    def _load(self, path: str, specs: list[seg.Spec], ident, new_version: int,
+              times: dict) -> None:
+        """Copies the tensors into every worker (caller holds the lock); a failure
+        midway leaves the engine broken until an update succeeds."""
+        direct = self.cfg.weight_install == "direct"
+        fn, check = ((W.install_direct, ["model.norm.weight"]) if direct
+                     else (W.install_segment, list(CHECK_TENSORS)))
+        try:
+            per_worker = self.llm.collective_rpc(fn, args=(path, specs, check, ident))
+        except Exception as err:
+            self.broken = f"weights update to version {new_version} failed midway: {err}"
+            raise EngineBroken(self.broken) from err
+        failed = [n for res in per_worker for n, ok in res.items()
+                  if not n.endswith("_s") and not ok]
+        if failed:
+            self.broken = f"after installing version {new_version}, {failed} still differ"
+            raise EngineBroken(self.broken)
+        for key in ("load_s", "pack_s"):
+            times[key] = max(res.get(key, 0.0) for res in per_worker)
+        # Cached KV blocks were computed by the old weights.
+        self.llm.reset_prefix_cache()
+
+    def _result(self, changed: bool, specs: list[seg.Spec], t0: float,
+                times: dict) -> InstallResult:
+        nbytes = sum(s.nbytes + seg.INDEX_BYTES * s.delta_count for s in specs)
+        took = time.perf_counter() - t0
+        if changed:
+            log.info("weights version %d live (%d tensors, %.1f MB) in %.2fs", self.version,
+                     len(specs), nbytes / 1e6, took)
+        return InstallResult(self.version, changed, len(specs), nbytes, took, self.digest,
+                             times.get("digest_s", 0.0), times.get("check_s", 0.0),
+                             times.get("load_s", 0.0), times.get("pack_s", 0.0))
+
+    def live_hash(self) -> str:
+        """Hash of the live weights from the shadow copy ("" without --delta_sync)."""
+        with self.lock:
+            return self.shadow.digest() if self.shadow is not None else ""
+
+    def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
+            self.shadow = None
 
 
     # ---- sleep mode ----------------------------------------------------------------
@@ -311,6 +413,8 @@ class Engine:
                 return self.sleep_level, 0.0
             self.llm.sleep(level=level)
             self.sleep_level = level
+            if level == 2:  # the next delta must install the whole shadow copy
+                self.params_lost = True
         log.info("asleep at level %d in %.2fs", level, time.perf_counter() - t0)
         return level, time.perf_counter() - t0
 

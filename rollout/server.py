@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=D.enable_sleep_mode,
                    help="serve Sleep/WakeUp (vLLM sleep mode: the weights and KV cache leave "
                         "the GPU while the trainer updates on it); CUDA/ROCm/XPU only")
+    p.add_argument("--weight_install", default=D.weight_install,
+                   help="direct (default): updates copied into the parameters by the "
+                        "model's loaders; reload: vLLM's generic in-place reload")
+    p.add_argument("--delta_sync", action=argparse.BooleanOptionalAction,
+                   default=D.delta_sync,
+                   help="accept delta updates (keeps one more copy of the weights in /dev/shm)")
     service.add_server_flags(p)
     return p.parse_args(argv)
 

@@ -48,8 +48,9 @@ class RolloutServicer(pb_grpc.RolloutServicer):
         self.update_lock = threading.Lock()
 
     def close(self) -> None:
-        if self.staging is not None:
-            self.staging.close()
+        self._drop_staging()
+        if self.engine is not None:
+            self.engine.close()
 
     # ---- Generate -------------------------------------------------------------
 
@@ -107,25 +108,43 @@ class RolloutServicer(pb_grpc.RolloutServicer):
                     )
                 received = time.perf_counter() - t0
                 version = header.version if header.HasField("version") else None
-                res = self.engine.install(str(path), specs, version)
-            except seg.UpdateRefused as err:
-                log.warning("%s", err)
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-            except E.Asleep as err:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
-            except E.EngineBroken as err:
-                log.error("%s", err)
-                context.abort(grpc.StatusCode.INTERNAL, str(err))
-            except grpc.RpcError:
-                raise  # the client went away mid-stream; nothing was installed
-            except Exception as err:  # say what broke instead of gRPC's bare UNKNOWN
-                log.exception("UpdateWeights failed")
-                context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+                base = header.base_version if header.HasField("base_version") else None
+                if base is not None and header.transport != "shm":
+                    raise seg.UpdateRefused("delta updates travel by shm only")
+                res = self.engine.install(str(path), specs, version, header.content_id, base)
+            except BaseException as err:
+                self._drop_staging()  # a refused stream's bytes leave /dev/shm at once
+                self._abort(err, context)
         return pb.UpdateWeightsResponse(
             version=res.version, changed=res.changed, num_tensors=res.num_tensors,
             num_bytes=res.num_bytes, receive_s=received, install_s=res.install_s,
-            digest=res.digest, digest_s=res.digest_s,
+            digest=res.digest, digest_s=res.digest_s, check_s=res.check_s, load_s=res.load_s,
+            pack_s=res.pack_s, delta=res.delta, delta_elements=res.delta_elements,
         )
+
+    def _drop_staging(self) -> None:
+        if self.staging is not None:
+            self.staging.close()
+            self.staging = None
+
+    @staticmethod
+    def _abort(err: BaseException, context) -> None:
+        """The status a failed update ends with (re-raises what is not ours to map)."""
+        if isinstance(err, E.Asleep):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        if isinstance(err, seg.BaseMismatch):
+            log.warning("%s", err)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        if isinstance(err, seg.UpdateRefused):
+            log.warning("%s", err)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if isinstance(err, E.EngineBroken):
+            log.error("%s", err)
+            context.abort(grpc.StatusCode.INTERNAL, str(err))
+        if isinstance(err, (grpc.RpcError, KeyboardInterrupt, SystemExit)):
+            raise err  # the client went away mid-stream; nothing was installed
+        log.exception("UpdateWeights failed")  # say what broke instead of gRPC's UNKNOWN
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
 
     def _receive_shm(self, header: pb.WeightUpdateHeader, rest) -> tuple[str, list[seg.Spec]]:
         if next(rest, None) is not None:
@@ -178,6 +197,7 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             has_chat_template=bool(e.tokenizer.chat_template), num_tensors=len(e.table),
             proof=identity_proof(self.token, request.nonce) if request.nonce else "",
             sleep_mode=e.cfg.enable_sleep_mode, sleep_level=e.sleep_level,
+            live_hash=e.live_hash() if request.hash_live else "", delta_sync=e.shadow is not None,
         )
 
     # ---- Sleep, WakeUp ----------------------------------------------------------------

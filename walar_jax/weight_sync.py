@@ -36,14 +36,19 @@ from protos import weights as seg
 Tensors = Iterable[tuple[str, np.ndarray]]
 
 
-def _as_bytes(name: str, arr: np.ndarray) -> np.ndarray:
-    """The array's bytes as a flat uint8 view (a copy only if it is not contiguous)."""
+def _check(name: str, arr: np.ndarray) -> None:
+    """Raises TypeError for what cannot travel (found before anything is sent)."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name}: expected a host numpy array, got {type(arr).__name__}")
     try:
         seg.check_dtype(name, arr.dtype.name)
     except seg.UpdateRefused as err:  # the caller's mistake, found before anything is sent
         raise TypeError(f"{err}: cannot be sent") from None
+
+
+def _as_bytes(name: str, arr: np.ndarray) -> np.ndarray:
+    """The array's bytes as a flat uint8 view (a copy only if it is not contiguous)."""
+    _check(name, arr)
     return np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
 
 
@@ -92,16 +97,49 @@ class ShmTransport:
         os.ftruncate(self.fd, self.size)
         self.mm = mmap.mmap(self.fd, self.size)
 
-    def write(self, tensors: Tensors) -> list[pb.TensorSpec]:
-        """Copies every tensor into the segment (the one write); returns the manifest."""
+    def write(self, tensors: Tensors, keep: DeltaBase | None = None) -> list[pb.TensorSpec]:
+        """Copies every tensor into the segment (the one write, strided sources
+        included); returns the manifest. `keep` also records them as a delta base."""
         specs, offset = [], 0
         for name, arr in tensors:
-            raw = _as_bytes(name, arr)
-            self._reserve(offset + raw.nbytes)
-            np.frombuffer(self.mm, np.uint8, raw.nbytes, offset)[:] = raw
+            _check(name, arr)
+            self._reserve(offset + arr.nbytes)
+            np.frombuffer(self.mm, arr.dtype, arr.size, offset).reshape(arr.shape)[...] = arr
             specs.append(_spec(name, arr, offset))
-            offset = seg.aligned(offset + raw.nbytes)
+            if keep is not None:
+                keep.record(name, np.frombuffer(self.mm, arr.dtype, arr.size, offset)
+                            .reshape(arr.shape))
+            offset = seg.aligned(offset + arr.nbytes)
         return specs
+
+    def write_delta(self, tensors: Tensors, base: DeltaBase, max_fraction: float
+                    ) -> tuple[list[pb.TensorSpec], int] | None:
+        """Writes the elements whose bits differ from `base` (values, then uint32
+        indices) and moves `base` to the new weights. Returns (manifest, changed
+        elements), or None once more than `max_fraction` of all elements changed:
+        `base` then holds the new weights in full, for `write(base.items())`."""
+        specs, offset, changed, limit = [], 0, 0, max_fraction * base.numel
+        over = False
+        for name, arr in tensors:
+            _check(name, arr)
+            if over:
+                base.record(name, arr)
+                continue
+            idx, vals = base.diff(name, arr)
+            changed += idx.size
+            if changed > limit:
+                over = True
+                continue
+            if not idx.size:
+                continue
+            self._reserve(seg.aligned(offset + vals.nbytes) + idx.nbytes)
+            np.frombuffer(self.mm, vals.dtype, vals.size, offset)[:] = vals
+            at = seg.aligned(offset + vals.nbytes)
+            np.frombuffer(self.mm, seg.INDEX_DTYPE, idx.size, at)[:] = idx
+            specs.append(seg.to_proto(seg.Spec(name, arr.dtype.name, arr.shape, offset,
+                                               vals.nbytes, idx.size, at)))
+            offset = seg.aligned(at + idx.nbytes)
+        return None if over else (specs, changed)
 
     def messages(self, tensors: Tensors, version: int | None) -> Iterator[pb.WeightUpdateMessage]:
         specs = self.write(tensors)
@@ -124,6 +162,60 @@ class ShmTransport:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class DeltaBase:
+    """The weights the sidecar was last given (their bits, in the wire dtype), and the
+    version it installed them as: what a delta is computed against. Costs one host copy
+    of the weights; any doubt (a failed update) drops it and the next update is full."""
+
+    def __init__(self) -> None:
+        self.bits: dict[str, np.ndarray] = {}
+        self.dtypes: dict[str, np.dtype] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.version: int | None = None
+
+    @property
+    def numel(self) -> int:
+        return sum(b.size for b in self.bits.values())
+
+    def usable(self) -> bool:
+        return self.version is not None and bool(self.bits)
+
+    def drop(self) -> None:
+        self.version = None
+
+    def record(self, name: str, arr: np.ndarray) -> None:
+        bits = _bits(arr)
+        if name in self.bits and self.bits[name].shape == bits.shape and \
+                self.bits[name].dtype == bits.dtype:
+            self.bits[name][...] = bits
+        else:
+            self.bits[name] = bits.copy()
+        self.dtypes[name], self.shapes[name] = arr.dtype, arr.shape
+
+    def diff(self, name: str, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(uint32 flat indices, new bits) of the elements that changed; updates the base."""
+        old = self.bits.get(name)
+        new = _bits(arr)
+        if old is None or old.shape != new.shape or self.dtypes[name] != arr.dtype or \
+                new.size >= 1 << 32:  # nothing to compare with: every element changed
+            self.record(name, arr)
+            return np.arange(new.size, dtype=np.uint32), arr.reshape(-1)
+        idx = np.flatnonzero(old != new).astype(np.uint32)
+        vals = new[idx]
+        old[idx] = vals
+        return idx, vals.view(arr.dtype)
+
+    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name, b in self.bits.items():
+            yield name, b.view(self.dtypes[name]).reshape(self.shapes[name])
+
+
+def _bits(arr: np.ndarray) -> np.ndarray:
+    """The array's elements as unsigned integers of the same width, flat."""
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    return flat.view(np.dtype(f"u{flat.dtype.itemsize}"))
 
 
 class GrpcTransport:

@@ -55,15 +55,18 @@ def test_segment_of_checkpoint_tensors_has_the_checkpoint_digest(ckpt):
 
 def test_validate_names_every_problem_and_refuses(ckpt):
     table = W.read_checkpoint_table(ckpt)
-    good = [seg.Spec(s.name, "float32", s.shape, 0, s.nbytes) for s in table.values()]
+    good, off = [], 0
+    for s in table.values():
+        good.append(seg.Spec(s.name, "float32", s.shape, off, s.nbytes))
+        off = seg.aligned(off + s.nbytes)
     seg.validate(good, table, None)
     cases = {
         "missing 1 tensors: model.norm.weight": [s for s in good if s.name != "model.norm.weight"],
         "shape [3] != checkpoint [64]": [
-            seg.Spec(s.name, s.dtype, (3,), 0, 12) if s.name == "model.norm.weight" else s
+            seg.Spec(s.name, s.dtype, (3,), s.offset, 12) if s.name == "model.norm.weight" else s
             for s in good
         ],
-        "unexpected tensor lm_head.bias": good + [seg.Spec("lm_head.bias", "float32", (4,), 0, 16)],
+        "unexpected tensor lm_head.bias": good + [seg.Spec("lm_head.bias", "float32", (4,), off, 16)],
         "duplicate tensor model.norm.weight": good + [table["model.norm.weight"]],
         "unsupported dtype 'int8'": [
             seg.Spec(s.name, "int8", s.shape, 0, 1) if s.name == "model.norm.weight" else s
@@ -87,7 +90,95 @@ def test_only_our_shm_segments_are_mapped(tmp_path):
         with pytest.raises(seg.UpdateRefused, match="shm_path must be"):
             seg.resolve_shm_path(bad)
     with pytest.raises(seg.UpdateRefused, match="does not exist"):
-        seg.resolve_shm_path("/dev/shm/walar-weights-nonexistent-0")
+        seg.open_segment("/dev/shm/walar-weights-nonexistent-0")
+
+
+def _secret(tmp_path, nbytes: int = 4096) -> pathlib.Path:
+    target = tmp_path / "secret.bin"
+    target.write_bytes(b"s" * nbytes)
+    return target
+
+
+@pytest.mark.parametrize("plant, reason", [
+    ("symlink", "is a symbolic link; refused"),
+    ("mode", "has mode 644; group and others must have no access"),
+    ("owner", "is owned by uid 65534, not this sidecar's"),
+    ("hardlink", "has 2 hard links"),
+    ("fifo", "is not a regular file"),
+])
+def test_a_planted_segment_is_refused_without_revealing_its_size(tmp_path, plant, reason):
+    """Each file a hostile local user could leave under a segment name is refused by
+    `open_segment` and by every reader built on it, and no message carries its size."""
+    path = pathlib.Path(f"/dev/shm/walar-weights-test-{os.getpid()}-{plant}")
+    target = _secret(tmp_path, 12345)
+    try:
+        if plant == "symlink":
+            path.symlink_to(target)
+        elif plant == "hardlink":
+            shm_target = pathlib.Path(str(path) + "-target")
+            shm_target.write_bytes(b"s" * 12345)
+            os.chmod(shm_target, 0o600)
+            os.link(shm_target, path)
+            shm_target.unlink()
+            os.link(path, shm_target)  # two names again: the check sees nlink 2
+        elif plant == "fifo":
+            os.mkfifo(path, 0o600)
+        else:
+            path.write_bytes(b"s" * 12345)
+            os.chmod(path, 0o644 if plant == "mode" else 0o600)
+            if plant == "owner":
+                if os.geteuid() != 0:
+                    pytest.skip("chown to another user needs root")
+                os.chown(path, 65534, 65534)
+        for read in (seg.open_segment, W.map_segment,
+                     lambda p: W.segment_digest(p, []), lambda p: list(W.iter_segment(p, []))):
+            with pytest.raises(seg.UpdateRefused, match=reason) as err:
+                read(str(path))
+            assert "12345" not in str(err.value) and "bytes" not in str(err.value)
+    finally:
+        path.unlink(missing_ok=True)
+        pathlib.Path(str(path) + "-target").unlink(missing_ok=True)
+
+
+def test_overlapping_and_misaligned_tensors_are_refused_by_name(ckpt):
+    table = W.read_checkpoint_table(ckpt)
+    good, off = [], 0
+    for s in table.values():
+        good.append(seg.Spec(s.name, "float32", s.shape, off, s.nbytes))
+        off = seg.aligned(off + s.nbytes)
+    seg.validate(good, table, off)
+    a, b = good[0], good[1]
+    overlap = [a, seg.Spec(b.name, b.dtype, b.shape, a.offset, b.nbytes), *good[2:]]
+    with pytest.raises(seg.UpdateRefused, match=f"{b.name}: bytes .* overlap {a.name}"):
+        seg.validate(overlap, table, off)
+    inside = [a, seg.Spec(b.name, b.dtype, b.shape, b.offset - seg.ALIGN, b.nbytes), *good[2:]]
+    with pytest.raises(seg.UpdateRefused, match="overlap"):
+        seg.validate(inside, table, off)
+    one_off = [a, seg.Spec(b.name, b.dtype, b.shape, b.offset + 1, b.nbytes), *good[2:]]
+    with pytest.raises(seg.UpdateRefused, match=f"{b.name}: offset .* not a multiple"):
+        seg.validate(one_off, table, off)
+    last = good[-1]
+    past = [*good[:-1], seg.Spec(last.name, last.dtype, last.shape, off, last.nbytes)]
+    with pytest.raises(seg.UpdateRefused, match=f"{last.name}: bytes .* past segment end"):
+        seg.validate(past, table, off)
+
+
+def test_nonfinite_tensors_are_named(ckpt):
+    ref = load_file(str(ckpt / "model.safetensors"))
+    big = ref["model.norm.weight"].copy()
+    big[:] = 3e38  # finite values whose float32 sum overflows: not refused
+    ref["model.norm.weight"] = big
+    nan = ref["model.embed_tokens.weight"].copy()
+    nan[3, 5] = np.nan
+    ref["model.embed_tokens.weight"] = nan
+    inf = ref["lm_head.weight"].copy()
+    inf[0, 0] = -np.inf
+    ref["lm_head.weight"] = inf
+    with weight_sync.ShmTransport() as t:
+        specs = _specs(next(iter(t.messages(iter(ref.items()), None))).header)
+        with W.map_segment(t.path) as mm:
+            assert sorted(W.nonfinite_tensors(mm, specs)) == [
+                "lm_head.weight", "model.embed_tokens.weight"]
 
 
 def test_segment_tensors_are_views_of_the_mapping_not_copies(ckpt):

@@ -74,3 +74,50 @@ def test_transports_refuse_dtypes_the_sidecar_cannot_load():
         list(weight_sync.GrpcTransport().messages(iter(bad), None))
     with pytest.raises(ValueError, match="nccl"):
         weight_sync.make_transport("nccl")
+
+
+def _bf16_weights(seed: int):
+    rng = np.random.default_rng(seed)
+    return {"a.weight": (rng.standard_normal((64, 48)) * 0.02).astype(ml_dtypes.bfloat16),
+            "b.weight": np.asfortranarray(rng.standard_normal((32, 16)).astype(ml_dtypes.bfloat16)),
+            "c.bias": rng.standard_normal(7).astype(ml_dtypes.bfloat16)}
+
+
+def test_delta_carries_exactly_the_changed_bf16_bits_and_moves_the_base():
+    w0 = _bf16_weights(0)
+    base = weight_sync.DeltaBase()
+    with weight_sync.ShmTransport() as t:
+        t.write(iter(w0.items()), keep=base)
+        for name, arr in base.items():  # the base holds what was written, shapes included
+            assert arr.shape == w0[name].shape
+            np.testing.assert_array_equal(arr.view(np.uint16), w0[name].view(np.uint16))
+        w1 = {k: v.copy() for k, v in w0.items()}
+        # An fp32 step of 1e-7 rounds back to the same bf16 value: no change; 1e-2 does.
+        w1["a.weight"] = (w0["a.weight"].astype(np.float32) + 1e-7).astype(ml_dtypes.bfloat16)
+        w1["b.weight"][3, 5] += ml_dtypes.bfloat16(1.0)
+        w1["b.weight"][0, 1] = -w1["b.weight"][0, 1]
+        want = {n: np.flatnonzero(np.ascontiguousarray(w1[n]).view(np.uint16).reshape(-1)
+                                  != np.ascontiguousarray(w0[n]).view(np.uint16).reshape(-1))
+                for n in w0}
+        specs, changed = t.write_delta(iter(w1.items()), base, 0.05)
+        assert changed == sum(len(v) for v in want.values())
+        # Most of a.weight rounds back to its bf16 value; elements near 0 do move.
+        assert 0 < len(want["a.weight"]) < 0.05 * w0["a.weight"].size
+        assert len(want["b.weight"]) == 2 and not len(want["c.bias"])
+        assert [s.name for s in specs] == ["a.weight", "b.weight"]
+        s = specs[1]
+        ids = np.frombuffer(t.mm, np.uint32, s.delta_count, s.index_offset).copy()
+        vals = np.frombuffer(t.mm, np.uint16, s.delta_count, s.offset).copy()
+        np.testing.assert_array_equal(ids, want["b.weight"])
+        flat = np.ascontiguousarray(w1["b.weight"]).view(np.uint16).reshape(-1)
+        np.testing.assert_array_equal(vals, flat[ids])
+        assert s.offset % seg.ALIGN == 0 and s.index_offset % seg.ALIGN == 0
+        for name, arr in base.items():
+            np.testing.assert_array_equal(arr.view(np.uint16),
+                                          np.asarray(w1[name]).view(np.uint16))
+        # Past the threshold: None, and the base holds the new weights in full.
+        w2 = {k: (v.astype(np.float32) * 1.5).astype(ml_dtypes.bfloat16) for k, v in w1.items()}
+        assert t.write_delta(iter(w2.items()), base, 0.05) is None
+        for name, arr in base.items():
+            np.testing.assert_array_equal(arr.view(np.uint16),
+                                          np.asarray(w2[name]).view(np.uint16))

@@ -12,6 +12,7 @@ import hmac
 import secrets
 from collections.abc import Iterator, Sequence
 
+import grpc
 import numpy as np
 
 from protos import rollout_pb2 as pb
@@ -69,6 +70,21 @@ class UpdateResult:
     install_s: float
     digest: str
     digest_s: float
+    check_s: float = 0.0        # the sidecar's NaN/Inf scan
+    load_s: float = 0.0         # copying into the engine's parameters
+    pack_s: float = 0.0         # the engine's post-processing (CPU: packing)
+    write_s: float = 0.0        # this side, before the call: the iterator (the gather) and
+    #                             writing the segment (with a delta: finding the changes)
+    delta: bool = False         # sent as a delta
+    delta_elements: int = 0
+    fell_back: str = ""         # why a delta became a full update ("" if it did not)
+
+
+def _result(resp: pb.UpdateWeightsResponse, **kw) -> UpdateResult:
+    return UpdateResult(resp.version, resp.changed, resp.num_tensors, resp.num_bytes,
+                        resp.receive_s, resp.install_s, resp.digest, resp.digest_s,
+                        resp.check_s, resp.load_s, resp.pack_s, delta=resp.delta,
+                        delta_elements=resp.delta_elements, **kw)
 
 
 class SleepModeUnavailable(InvalidRequestError):
@@ -88,6 +104,17 @@ class _Stream:
         except Exception as err:
             self.error = err
             raise
+
+
+def _header_msg(path: str, version: int | None, content_id: str, specs,
+                base_version: int | None) -> pb.WeightUpdateMessage:
+    h = pb.WeightUpdateHeader(transport="shm", shm_path=path, tensors=specs,
+                              content_id=content_id)
+    if version is not None:
+        h.version = version
+    if base_version is not None:
+        h.base_version = base_version
+    return pb.WeightUpdateMessage(header=h)
 
 
 def _prompt(p: str | Sequence[int]) -> pb.Prompt:
@@ -118,6 +145,7 @@ class RolloutClient:
         self.token = token
         self._transports: dict[str, weight_sync.Transport] = {}
         self._engine_dtype: np.dtype | None = None
+        self._delta_base = weight_sync.DeltaBase()
 
     def _call(self, what: str, method, request, timeout: float | None, attempts: int = 0):
         return call_with_retries(
@@ -188,11 +216,20 @@ class RolloutClient:
         ]
 
     def update_weights(self, tensors: weight_sync.Tensors, *, version: int | None = None,
-                       transport: str = "shm", timeout: float | None = None) -> UpdateResult:
+                       transport: str = "shm", timeout: float | None = None,
+                       content_id: str = "", delta: bool = False,
+                       delta_max_fraction: float = 0.05) -> UpdateResult:
         """Sends (HF name, host numpy array) pairs, taken one at a time, and returns once
         the sidecar serves them. The manifest must cover exactly the checkpoint's tensors
         (else InvalidRequestError, old weights stay live); identical bytes leave the
-        version unchanged (`changed=False`). Give arrays in `engine_dtype()`."""
+        version unchanged (`changed=False`). Give arrays in `engine_dtype()`.
+        `content_id` and `delta` (shm only): see `update_weights_shm`."""
+        if content_id or delta:
+            if transport != "shm":
+                raise ValueError(f"content_id and delta need the shm transport, not {transport}")
+            return self.update_weights_shm(tensors, version=version, content_id=content_id,
+                                           delta=delta, delta_max_fraction=delta_max_fraction,
+                                           timeout=timeout)
         try:
             pairs = iter(tensors)
         except TypeError:
@@ -213,8 +250,59 @@ class RolloutClient:
             if stream.error is not None:  # gRPC reports a failing request iterator as
                 raise stream.error from None  # a bare CANCELLED; say what failed
             raise
-        return UpdateResult(resp.version, resp.changed, resp.num_tensors, resp.num_bytes,
-                            resp.receive_s, resp.install_s, resp.digest, resp.digest_s)
+        return _result(resp)
+
+    def update_weights_shm(self, tensors: weight_sync.Tensors, *, version: int | None = None,
+                           content_id: str = "", delta: bool = False,
+                           delta_max_fraction: float = 0.05,
+                           timeout: float | None = None) -> UpdateResult:
+        """The shm update of `update_weights` with the fast path's options.
+
+        `content_id` names the content (e.g. run and step) so the sidecar skips hashing
+        it. `delta`: once a full update went through, send only the elements whose bits
+        changed since (indices + values), against the version it installed; a delta
+        touching more than `delta_max_fraction` of the elements, or one the sidecar
+        refuses for its base (FAILED_PRECONDITION: another version is live), is sent as
+        a full update instead, from the copy this client keeps (no second gather).
+        """
+        import time
+
+        t = self._transports.get("shm") or self._transports.setdefault(
+            "shm", weight_sync.make_transport("shm"))
+        base = self._delta_base if delta else None
+        t0, fell_back = time.perf_counter(), ""
+        if base is not None and base.usable():
+            out = t.write_delta(iter(tensors), base, delta_max_fraction)
+            if out is not None:
+                msg = _header_msg(t.path, version, content_id, out[0], base.version)
+                written = time.perf_counter() - t0
+                try:
+                    resp = self._send_shm(msg, timeout, base)
+                    return _result(resp, write_s=written)
+                except ServiceError as err:
+                    if err.code != grpc.StatusCode.FAILED_PRECONDITION:
+                        raise
+                    fell_back = str(err)
+            else:
+                fell_back = f"more than {delta_max_fraction:g} of the elements changed"
+            tensors = base.items()  # the new weights in full, kept by write_delta
+        specs = t.write(iter(tensors), keep=base)
+        msg = _header_msg(t.path, version, content_id, specs, None)
+        written = time.perf_counter() - t0
+        resp = self._send_shm(msg, timeout, base)
+        return _result(resp, write_s=written, fell_back=fell_back)
+
+    def _send_shm(self, msg: pb.WeightUpdateMessage, timeout: float | None,
+                  base: weight_sync.DeltaBase | None) -> pb.UpdateWeightsResponse:
+        try:
+            resp = self._call("UpdateWeights", self.stub.UpdateWeights, iter([msg]), timeout, 1)
+        except ServiceError as err:
+            if base is not None and err.code != grpc.StatusCode.FAILED_PRECONDITION:
+                base.drop()  # unknown outcome: the next update is a full one
+            raise
+        if base is not None:
+            base.version = resp.version
+        return resp
 
     def sleep(self, level: int = 1, timeout: float | None = 120.0) -> int:
         """Puts the engine to sleep (vLLM sleep mode, see protos/rollout.proto): its GPU

@@ -389,8 +389,13 @@ class Trainer:
         """Pushes weights; the engine's version moves only if they changed (an
         all-zero-advantage step can leave them identical), and rollouts must then carry
         the version it reports."""
-        res = self.rollout.update_weights(tensors, transport=self.c.rollout.weight_transport,
-                                          timeout=self.c.rollout.update_timeout_s)
+        r = self.c.rollout
+        # Delta sync names the content by step (no hash); unchanged weights send an empty
+        # delta, so `changed` keeps its meaning.
+        delta = (dict(delta=True, delta_max_fraction=r.delta_max_fraction,
+                      content_id=f"{self.workdir}:{self.step}") if r.delta_sync else {})
+        res = self.rollout.update_weights(tensors, transport=r.weight_transport,
+                                          timeout=r.update_timeout_s, **delta)
         if self.weights_version is not None and res.changed and res.version <= self.weights_version:
             raise RolloutVersionError(f"sidecar version {res.version} did not advance past "
                                       f"{self.weights_version} after new weights")
