@@ -3,7 +3,7 @@ synchronous loop (rollout.max_staleness=0) against the overlapped one (=1) in th
 run: the trainer pinned to one core, both services to the other (taskset), so overlap
 is overlap and not two programs fighting for a core.
 
-    ./walar bench bench/loop_overlap.py [--steps 10] [--chunk 1]
+    ./walar bench bench/loop_overlap.py [--steps 10] [--chunk 0]
 
 Prints JSON: mean step time of each (the first step, which compiles, left out), their
 ratio, and the share of wall time the trainer waited for rollouts.
@@ -54,7 +54,7 @@ def run(config, workdir: str, clients) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--chunk", type=int, default=1, help="rollout.stream_chunk_prompts")
+    p.add_argument("--chunk", type=int, default=0, help="rollout.stream_chunk_prompts")
     args = p.parse_args()
     if os.cpu_count() < 2 or not shutil.which("taskset"):
         sys.exit("needs 2 cores and taskset")
