@@ -73,12 +73,47 @@ def _header(transport: str, version: int | None, **kw) -> pb.WeightUpdateMessage
     return pb.WeightUpdateMessage(header=h)
 
 
+def remove_stale_segments(shm_dir=None) -> list[str]:
+    """Removes the segments (`walar-weights-<pid>-<id>`) of this user's processes that no
+    longer run: what a trainer killed with SIGKILL could not clean up itself. Segments of
+    other users and of live processes are left alone. Returns the names removed."""
+    removed = []
+    shm_dir = shm_dir or seg.SHM_DIR
+    try:
+        entries = list(os.scandir(shm_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(seg.SHM_PREFIX):].split("-", 1)[0]
+        if not entry.name.startswith(seg.SHM_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or _alive(int(pid)):
+                continue
+            os.unlink(entry.path)
+            removed.append(entry.name)
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 class ShmTransport:
     """Writes each tensor once into a /dev/shm segment that the sidecar maps."""
 
     name = "shm"
 
     def __init__(self) -> None:
+        remove_stale_segments()  # a killed trainer's, from an earlier run
         self.path = str(seg.segment_path(f"{os.getpid()}-{uuid.uuid4().hex[:8]}"))
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.size = 0

@@ -121,3 +121,26 @@ def test_delta_carries_exactly_the_changed_bf16_bits_and_moves_the_base():
         for name, arr in base.items():
             np.testing.assert_array_equal(arr.view(np.uint16),
                                           np.asarray(w2[name]).view(np.uint16))
+
+
+def test_segments_of_dead_processes_are_removed_and_no_others(tmp_path):
+    """A trainer killed with SIGKILL cannot remove its segment; the next one does. Live
+    processes' segments, other users' and other files stay."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {"stale": f"{seg.SHM_PREFIX}{dead.pid}-0a1b2c3d",
+             "live": f"{seg.SHM_PREFIX}{os.getpid()}-0a1b2c3d",
+             "other_user": f"{seg.SHM_PREFIX}{dead.pid}-ffffffff",
+             "not_ours": "psm_1234", "no_pid": f"{seg.SHM_PREFIX}staging"}
+    if os.getuid() != 0:  # only root can give a file to another user
+        del names["other_user"]
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    if "other_user" in names:
+        os.chown(tmp_path / names["other_user"], 12345, 12345)
+    assert weight_sync.remove_stale_segments(tmp_path) == [names["stale"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        n for k, n in names.items() if k != "stale")
