@@ -145,6 +145,8 @@ class TrainingServices:
     def __init__(self, config, model_dir: str, workdir: str):
         import os
 
+        import jax
+
         from walar_jax.rl.plan import device_list
 
         self.c = config
@@ -152,8 +154,6 @@ class TrainingServices:
         self.restarts = {"rollout": 0, "reward": 0}
         self.ungated: list[str] = []  # targets scored without a gate (reward.allow_ungated)
         self._make = {}
-        import jax
-
         # one log per process when several train one model (one per host)
         tag = f".{jax.process_index()}" if jax.process_count() > 1 else ""
         self.env = {n: device_env(device_list(config, n)) for n in ("rollout", "reward")}
@@ -276,7 +276,6 @@ class TrainingServices:
             self._connect(name)
             recovered.append(name)
         return recovered
-
 
     def _wait_for(self, name: str) -> bool:
         import time

@@ -147,8 +147,6 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
     """Multi-host start-up through jax.distributed: the arguments, or what SLURM / a TPU
     pod slice / Open MPI put in the environment when they are None. On CPU the
     processes talk through gloo (several processes on one machine, as the tests run)."""
-    import os
-
     if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
@@ -168,12 +166,8 @@ def set_memory_fraction(fraction: float) -> None:
         return
     if not 0 < fraction <= 1:
         raise ValueError(f"jax_memory_fraction={fraction} must be in (0, 1]")
-    from jax._src import xla_bridge
-
     value = f"{fraction:.3f}".rstrip("0").rstrip(".")
-    started = getattr(xla_bridge, "backends_are_initialized", lambda: False)()
-    if started and (
-            os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") != value):
+    if _backend_started() and os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION") != value:
         raise RuntimeError("jax_memory_fraction must be set before JAX starts its backend "
                            "(before the first jax.devices() or computation)")
     os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = value
@@ -187,11 +181,16 @@ def set_visible_devices(devices: Sequence[int] | None) -> None:
     of any device. CPU devices are all opened; the mesh picks among them."""
     if devices is None:
         return
-    from jax._src import xla_bridge
-
-    if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
+    if _backend_started():
         raise RuntimeError("placement.trainer must be applied before JAX starts its backend")
     value = ",".join(str(i) for i in devices)
     for option in ("jax_cuda_visible_devices", "jax_rocm_visible_devices"):
         jax.config.update(option, value)
     log.info("JAX opens GPUs %s", value)
+
+
+def _backend_started() -> bool:
+    """Whether JAX has opened its devices (after which its start-up options are read)."""
+    from jax._src import xla_bridge
+
+    return getattr(xla_bridge, "backends_are_initialized", lambda: False)()
