@@ -15,3 +15,14 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     ".cache", "jax_test_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+
+import pytest  # noqa: E402 - the environment above must come first
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The embedded tiny Qwen3 in HF format, one per test module."""
+    from walar_jax.models.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from walar_jax import launch
-from walar_jax.models.tiny import make_tiny_checkpoint
+from tests.walar_jax.e2e_services import cpu_reward, tiny_sidecar
 
 pytestmark = pytest.mark.e2e
 STEPS = 4
@@ -26,19 +26,11 @@ REWARD_FLAGS = ["--config.reward.server.lid=False", "--config.reward.server.devi
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
-
-
-@pytest.fixture(scope="module")
 def shared(tiny_dir, tmp_path_factory):
     """Services for the runs that are given addresses (train.py does not start them)."""
     logs = tmp_path_factory.mktemp("logs")
-    rollout = launch.Service("rollout", [launch.env_python("rollout"), "rollout_server.py",
-                                         "--model", tiny_dir, "--dtype=float32",
-                                         "--max_model_len=512"], log_path=str(logs / "r.log"))
-    reward = launch.Service("reward", [launch.env_python("reward"), "-m", "reward.server",
-                                       "--device=cpu", "--no_lid"], log_path=str(logs / "w.log"))
+    rollout = tiny_sidecar(tiny_dir, logs / "r.log")
+    reward = cpu_reward(logs / "w.log", "--no_lid")
     with rollout, reward:
         yield [f"--config.rollout.addresses=('{rollout.address}',)",
                f"--config.reward.addresses=('{reward.address}',)"]

@@ -12,15 +12,9 @@ import pytest
 
 from walar_jax import config as cfglib
 from walar_jax import models
-from walar_jax.models.tiny import make_tiny_checkpoint
 from walar_jax.rl import trainer as trainer_lib
 from walar_jax.rl.plan import ConfigError, make_plan
 from walar_jax.rl.rollout import InProcessRollout, VersionMismatchError
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
 
 
 @pytest.fixture(scope="module")

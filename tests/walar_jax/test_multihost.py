@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from walar_jax import launch, models
-from walar_jax.models.tiny import make_tiny_checkpoint
+from tests.walar_jax.e2e_services import cpu_reward, tiny_sidecar
 
 pytestmark = pytest.mark.e2e
 STEPS = 3
@@ -40,25 +40,15 @@ AUDIT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
-
-
-@pytest.fixture(scope="module")
 def fleet(tiny_dir, tmp_path_factory):
     """Two sidecars (one per 'host') and one reward service shared by both."""
     logs = tmp_path_factory.mktemp("logs")
 
-    def sidecar(i):
-        return launch.Service(f"rollout{i}", [
-            launch.env_python("rollout"), "rollout_server.py", "--model", tiny_dir,
-            "--dtype=float32", "--max_model_len=512"], log_path=str(logs / f"r{i}.log"))
-
     # the language gate off: the tiny random policy's samples then get different
     # rewards, so every step trains and the final weights say something
-    reward = launch.Service("reward", [launch.env_python("reward"), "-m", "reward.server",
-                                       "--device=cpu", "--no_lid"], log_path=str(logs / "w.log"))
-    with sidecar(0) as s0, sidecar(1) as s1, reward:
+    reward = cpu_reward(logs / "w.log", "--no_lid")
+    with (tiny_sidecar(tiny_dir, logs / "r0.log", name="rollout0") as s0,
+          tiny_sidecar(tiny_dir, logs / "r1.log", name="rollout1") as s1, reward):
         yield [s0.address, s1.address], reward.address
 
 

@@ -16,14 +16,8 @@ from walar_jax.rl import trainer as trainer_lib
 from walar_jax.rl.rollout import AsleepError, InProcessRollout
 from walar_jax.services import TrainingServices, device_env
 
-from walar_jax.models.tiny import make_tiny_checkpoint
 
 from tests.walar_jax.test_loop import latin_share, loop_config, rows
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
-
 
 COLOCATE = {"placement.colocate": True, "rollout.server.enable_sleep_mode": True}
 

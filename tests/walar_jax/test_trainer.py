@@ -14,29 +14,19 @@ import pytest
 from walar_jax import config as cfglib
 from walar_jax import launch, models
 from walar_jax.rl import trainer as trainer_lib
-from walar_jax.models.tiny import make_tiny_checkpoint
+from tests.walar_jax.e2e_services import cpu_reward, tiny_sidecar
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny") / "model"))
-
-
-@pytest.fixture(scope="module")
 def services(tiny_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    rollout = launch.Service("rollout", [launch.env_python("rollout"), "rollout_server.py",
-                                         "--model", tiny_dir, "--dtype=float32",
-                                         "--max_model_len=512"], log_path=str(logs / "rollout.log"))
-    reward = launch.Service("reward", [launch.env_python("reward"), "-m", "reward.server",
-                                       "--device=cpu"], log_path=str(logs / "reward.log"))
+    rollout = tiny_sidecar(tiny_dir, logs / "rollout.log")
+    reward = cpu_reward(logs / "reward.log")
     # without the language gate the tiny random policy's samples get different rewards,
     # so updates move the weights (with it, nearly all fail the gate alike)
-    ungated = launch.Service("reward-ungated", [launch.env_python("reward"), "-m",
-                                                "reward.server", "--device=cpu", "--no_lid"],
-                             log_path=str(logs / "reward_ungated.log"))
+    ungated = cpu_reward(logs / "reward_ungated.log", "--no_lid", name="reward-ungated")
     with rollout, reward, ungated:
         yield rollout.address, reward.address, ungated.address
 
