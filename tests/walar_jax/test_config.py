@@ -69,3 +69,34 @@ def test_tokens_of_given_services_come_from_the_environment_or_a_private_file(
         secret(f"file:{f}")
     with pytest.raises(ValueError, match=r"\$UNSET_TOKEN_VAR is not set"):
         secret("env:UNSET_TOKEN_VAR")
+
+
+def test_embedded_default_reward_flags_are_the_win_rate_bench_ones():
+    """bench/reward_win_rate.py (reward env, no ml_collections) restates configs/tiny.py's
+    reward flags; the two must stay the same set."""
+    import ast
+    import pathlib
+
+    from walar_jax.services import service_flags
+
+    bench = pathlib.Path(__file__).resolve().parents[2] / "bench" / "reward_win_rate.py"
+    tree = ast.parse(bench.read_text())
+    value = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and getattr(node.targets[0], "id", "") == "EMBEDDED_DEFAULT")
+    tiny = cfglib.load("configs/tiny.py")
+    assert sorted(ast.literal_eval(value)) == sorted(service_flags(tiny.reward.server))
+    assert tiny.reward.server.lid_model == "flores26"
+
+
+@pytest.mark.parametrize("lid_model,ok", [("flores26", True), ("lid176", True),
+                                          ("models/none/model_v3.bin", False)])
+def test_bundled_identifier_names_need_no_file(lid_model, ok):
+    from walar_jax.rl import plan
+
+    c = cfglib.load("configs/tiny.py")
+    c.reward.server.lid_model = lid_model
+    if ok:
+        plan._check_paths(c)
+    else:
+        with pytest.raises(plan.ConfigError, match="does not exist"):
+            plan._check_paths(c)

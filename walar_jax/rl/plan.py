@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "microbatch_token_mean")
 PROMPT_TRUNCATION = ("right", "left")
 IS_CORRECTIONS = ("none", "tis", "mask")
+# `reward.server.lid_model` names the reward service resolves itself (reward/flores_lid.py)
+BUNDLED_LIDS = ("flores26", "lid176")
 
 
 class ConfigError(ValueError):
@@ -216,7 +218,8 @@ def _check_paths(c) -> None:
             raise ConfigError(f"model.path={path}: not an HF checkpoint directory "
                               "(no config.json)")
     lid = c.reward.server.get("lid_model")
-    if not c.reward.addresses and c.reward.server.get("lid", True) and lid \
-            and not os.path.isfile(lid):
+    # lid None: the service's default, which is on
+    if not c.reward.addresses and c.reward.server.get("lid") is not False and lid \
+            and lid not in BUNDLED_LIDS and not os.path.isfile(lid):
         raise ConfigError(f"reward.server.lid_model={lid} does not exist (GlotLID: download "
                           "cis-lmu/glotlid's model_v3.bin and point there)")
