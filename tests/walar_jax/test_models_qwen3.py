@@ -83,6 +83,37 @@ def test_scanned_layers_are_stacked_slices_of_the_listed_ones(tmp_path):
                                       np.asarray(listed[f"layers.{i}.attn.q_proj"][...]))
 
 
+def test_engine_dtype_export_is_the_cast_float32_one_and_compiles_once_per_shape(tmp_path):
+    """hf_tensors casts and transposes on the devices; the bf16 tensors equal the float32
+    ones cast on the host, bit for bit, and a scanned model's layers reuse one compiled
+    program per parameter shape (a second export compiles nothing)."""
+    import ml_dtypes
+
+    from walar_jax.models import hf_io
+
+    make_hf_qwen3(tmp_path, tie=False, layers=3)
+    model = models.from_pretrained(str(tmp_path), scan_layers=True)
+    hf_io._exporter.cache_clear()
+    full = list(models.hf_tensors(model, np.float32))
+    half = list(models.hf_tensors(model, ml_dtypes.bfloat16))
+    for (n1, x1), (n2, x2) in zip(full, half, strict=True):
+        assert n1 == n2 and x2.dtype == ml_dtypes.bfloat16 and x2.flags.c_contiguous
+        assert np.array_equal(x1.astype(ml_dtypes.bfloat16).view(np.uint16), x2.view(np.uint16))
+    programs = sum(fn._cache_size() for fn in _exporters())
+    shapes = {(x.shape, str(x.dtype)) for x in models.flat_params(model).values()}
+    assert programs <= 2 * len(shapes) < len(full)  # per shape and dtype, not per layer
+    list(models.hf_tensors(model, ml_dtypes.bfloat16))
+    assert sum(fn._cache_size() for fn in _exporters()) == programs
+
+
+def _exporters():
+    from walar_jax.models import hf_io
+
+    return [hf_io._exporter(kind, d, stacked, np.dtype(dt)) for kind in ("copy", "linear")
+            for d in (1, 2, 3) for stacked in (False, True)
+            for dt in (np.float32, "bfloat16")]
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_sharded_forward_equals_single_device(tmp_path, scan):
     make_hf_qwen3(tmp_path, tie=False)

@@ -176,14 +176,34 @@ def gather(x: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
+@functools.lru_cache(maxsize=None)
+def _exporter(kind: str, in_dims: int, stacked: bool, out_dtype: np.dtype):
+    """One jitted program per kind of tensor: (a layer of) a parameter, cast to the output
+    dtype and laid out as HF stores it, on the devices. The layer is a traced argument, so
+    the programs compile once per parameter shape (not once per layer) and stay cached for
+    every later export or weight sync; the host receives finished bytes (half of them for
+    a bf16 engine) and copies nothing more. The rules only permute, so casting first is
+    bit-identical to casting the permuted float32 array."""
+
+    def export(x, layer):
+        if stacked:
+            x = jax.lax.dynamic_index_in_dim(x, layer, keepdims=False)
+        x = x.astype(out_dtype)
+        if kind == "linear":
+            x = x.reshape(int(np.prod(x.shape[:in_dims])), -1).T
+        return x
+
+    return jax.jit(export)
+
+
 def hf_tensors(model: Transformer, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
-    """HF-named host tensors, one (per-layer) tensor at a time (export and weight sync)."""
+    """HF-named host tensors, one (per-layer) tensor at a time (export and weight sync):
+    each sliced, cast and transposed on the devices (`_exporter`), then gathered."""
     params, out_dtype = flat_params(model), _out_dtype(model, dtype)
     for name, slot in export_plan(model):
-        x = params[slot.path][...]
-        if slot.layer is not None:
-            x = x[slot.layer]  # sliced on the devices: only this layer reaches the host
-        yield name, slot.rule.to_hf(gather(x)).astype(out_dtype)
+        stacked = slot.layer is not None
+        fn = _exporter(slot.rule.kind, slot.rule.in_dims, stacked, out_dtype)
+        yield name, gather(fn(params[slot.path][...], np.int32(slot.layer or 0)))
 
 
 def _shard_groups(specs, shard_bytes: int) -> list[list]:
