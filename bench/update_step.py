@@ -75,16 +75,18 @@ def matmul_peak(n: int = 2048, reps: int = 3) -> float:
     return 2 * n**3 / best
 
 
-def jax_step(path, batch, options, chunk):
-    """A warmed-up closure running one jitted update of the checkpoint at `path`."""
+def jax_step(path, batch, options, chunk, micro_batches: int = 1):
+    """A warmed-up closure running one jitted update of the checkpoint at `path`, over
+    `micro_batches` copies of the batch (the trainer's scan over micro-batches)."""
     model = models.from_pretrained(path, **options)
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     lp = np.asarray(model.token_logprobs(jnp.asarray(batch["ids"]), jnp.roll(batch["ids"], -1, 1)))
     mask = np.asarray(batch["mask"], np.float32)
     full = dict(batch, old_logp=lp, ref_logp=lp - 0.01, rollout_logp=lp,
-                w=np.asarray(grpo.token_weights(mask, "token_mean")), is_w=np.ones_like(mask))
-    dev = {k: jnp.asarray(v)[None] for k, v in full.items()}  # one micro-batch
+                w=np.asarray(grpo.token_weights(mask, "token_mean")) / micro_batches,
+                is_w=np.ones_like(mask))
+    dev = {k: jnp.asarray(np.stack([v] * micro_batches)) for k, v in full.items()}
     tx, _ = make_optimizer(1e-6, 100)
     state = {"params": params, "opt": tx.init(params)}
     step = jax.jit(functools.partial(train_step, graphdef, tx, LossConfig(logprob_chunk=chunk)),
@@ -99,8 +101,10 @@ def jax_step(path, batch, options, chunk):
     return one
 
 
-def torch_step(model, batch):
-    """A warmed-up closure running one eager PyTorch update with the same loss."""
+def torch_step(model, batch, micro_batches: int = 1):
+    """A warmed-up closure running one eager PyTorch update with the same loss: the
+    gradients of `micro_batches` backward passes over the batch summed (each weighted
+    1/M, as the trainer's token-mean over M equal micro-batches), then one AdamW step."""
     import torch
 
     ids = torch.tensor(batch["ids"], dtype=torch.long)
@@ -113,15 +117,16 @@ def torch_step(model, batch):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95), weight_decay=0.0)
 
     def one():
-        logp = torch.log_softmax(model(ids).logits.float(), -1).gather(
-            -1, ids.roll(-1, 1)[..., None])[..., 0]
-        ratio = torch.exp(logp - old)
-        pg = -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
-        x = (ref - logp).clamp(-20, 20)
-        kl = torch.exp(x) - 1 - x
-        loss = ((pg + 0.01 * kl) * mask).sum() / mask.sum()
         opt.zero_grad()
-        loss.backward()
+        for _ in range(micro_batches):
+            logp = torch.log_softmax(model(ids).logits.float(), -1).gather(
+                -1, ids.roll(-1, 1)[..., None])[..., 0]
+            ratio = torch.exp(logp - old)
+            pg = -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
+            x = (ref - logp).clamp(-20, 20)
+            kl = torch.exp(x) - 1 - x
+            loss = ((pg + 0.01 * kl) * mask).sum() / mask.sum() / micro_batches
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return float(loss)
@@ -162,15 +167,16 @@ def run_config(name, args) -> dict:
         tmodel = hf_model(name, d)
         cfg = models.read_config(d)
         batch = make_batch(name, np.random.default_rng(0))
-        torch_one = torch_step(tmodel, batch)
-        jax_one = jax_step(d, batch, options, args.logprob_chunk)
+        torch_one = torch_step(tmodel, batch, args.micro_batches)
+        jax_one = jax_step(d, batch, options, args.logprob_chunk, args.micro_batches)
         r = rounds(torch_one, jax_one, args.steps)
-    tokens = batch["ids"].size
+    tokens = batch["ids"].size * args.micro_batches
     n, n_mm = cfg.num_params, cfg.num_params - cfg.vocab_size * cfg.d_model
     jax_s, torch_s, peak = (float(np.median(r[k])) for k in ("jax_s", "torch_s", "peak"))
     share = [6 * n * tokens / j / p for j, p in zip(r["jax_s"], r["peak"])]
     return {"config": name, "params": n, "matmul_params": n_mm,
-            "sequences": batch["ids"].shape[0], "tokens": tokens, **options,
+            "sequences": batch["ids"].shape[0] * args.micro_batches, "tokens": tokens,
+            "micro_batches": args.micro_batches, **options,
             "logprob_chunk": args.logprob_chunk, "rounds": args.steps,
             "jax_step_s": round(jax_s, 4), "jax_tokens_per_s": round(tokens / jax_s, 1),
             "torch_step_s": round(torch_s, 4), "torch_tokens_per_s": round(tokens / torch_s, 1),
@@ -196,6 +202,10 @@ def main():
     ap.add_argument("--scan", default="off", choices=["on", "off"])
     ap.add_argument("--attention", default="xla")
     ap.add_argument("--logprob_chunk", type=int, default=256)
+    # 1: one micro-batch per optimizer step, so the step's parameter-sized passes (AdamW,
+    # the gradient norm and accumulator) weigh as much as they can; the trainer runs
+    # train_batch / micro_batch of them per step (paper configs: 1024 / 8 = 128)
+    ap.add_argument("--micro_batches", type=int, default=1)
     ap.add_argument("--metrics", default="runs/tiny/metrics.jsonl")
     args = ap.parse_args()
     import torch
