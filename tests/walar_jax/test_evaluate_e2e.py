@@ -16,6 +16,7 @@ import time
 import pytest
 import sacrebleu
 
+from walar_jax import config as cfglib
 from walar_jax import launch, services
 from walar_jax.clients import RewardClient, RolloutClient
 from walar_jax.evaluation import cli, flores, generate, metrics
@@ -29,8 +30,9 @@ from .evaluate_helpers import (FLORES, JUDGE_MODEL, chat_requests, live_in_group
 
 pytestmark = [pytest.mark.e2e, needs_flores]
 LANGS = "eng_Latn,fra_Latn,swh_Latn"
-TINY = "--config=configs/eval.py:tiny"  # CPU sidecar, lid.176, no xCOMET/MetricX by default
-LCR_FLAGS = {"qe": "none", "align": False, "masklid": False, "device": "cpu"}
+TINY = "--config=configs/eval.py:tiny"  # CPU sidecar, flores26, no xCOMET/MetricX by default
+# the LCR service evaluate.py starts for TINY: the config's own section
+LCR_FLAGS = cfglib.load("configs/eval.py:tiny").lcr.server
 
 
 @pytest.fixture(scope="module")

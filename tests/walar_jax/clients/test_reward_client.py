@@ -239,8 +239,8 @@ def test_config_reward_flags_start_walars_rule(name):
     assert (a["rule"], a["label_match"], a["segment"], a["masklid_min_share"]) == (
         "walar", "walar", "walar", 0.0)
     assert a["lid"] and a["masklid"] and a["align"] and a["alpha"] == 20.0
-    if name == "tiny":  # the embedded default: bundled lid.176 and MiniLM
-        assert a["qe"] == "embed" and a["lid_model"] is None and a["align_model"] is None
+    if name == "tiny":  # the embedded default: the bundled flores26 identifier and MiniLM
+        assert a["qe"] == "embed" and a["lid_model"] == "flores26" and a["align_model"] is None
         return
     assert (a["qe"], a["qe_model"], a["qe_tokenizer"], a["qe_max_length"]) == (
         "metricx", "google/metricx-24-hybrid-xxl-v2p6-bfloat16", "google/mt5-xl", 512)
