@@ -237,8 +237,9 @@ def chunked_logprobs(h, unembed, targets, *, chunk: int, with_entropy: bool,
 
     def one(args):
         hx, tx = args
-        logits = jnp.einsum("BTD,VD->BTV", hx, unembed).astype(jnp.float32)
-        logits = constrain(logits, "logits_batch", "length", "vocab")
+        # one 2-D matmul over the flattened rows (layers.dense says why)
+        logits = (hx.reshape(-1, D) @ unembed.T).reshape(*hx.shape[:2], -1)
+        logits = constrain(logits.astype(jnp.float32), "logits_batch", "length", "vocab")
         lse = jax.nn.logsumexp(logits, axis=-1)
         # a masked sum, not a gather: its backward is elementwise and fuses with the
         # softmax's instead of scattering into a [B, chunk, V] buffer of zeros
