@@ -47,10 +47,6 @@ def resolve(name: str | None) -> str:
     return name
 
 
-def is_named(name: str | None) -> bool:
-    return name in ("flores26", "lid176")
-
-
 def build(dev: pathlib.Path, out: pathlib.Path, quantize: bool = True) -> pathlib.Path:
     """Train the identifier on every `xxx_Yyyy.txt` of a FLORES-200 dev directory."""
     import fasttext

@@ -53,10 +53,6 @@ MINILM_WARNING = (
 )
 
 
-def default_lid_model() -> str:
-    return flores_lid.lid176_path()
-
-
 def _switch(p: argparse.ArgumentParser, name: str, help: str) -> None:
     """--name / --no_name (also spelled --no-name), on by default."""
     p.add_argument(f"--{name}", dest=name, action="store_true", default=True,

@@ -53,9 +53,9 @@ def glotlid(glotlid_path):
 @pytest.fixture(scope="session")
 def lid176():
     from reward.lid import FastTextLID
-    from reward.server import default_lid_model
+    from reward.flores_lid import lid176_path
 
-    return FastTextLID(default_lid_model())
+    return FastTextLID(lid176_path())
 
 
 @pytest.fixture(scope="session")

@@ -109,8 +109,8 @@ def test_engine_dtype_export_is_the_cast_float32_one_and_compiles_once_per_shape
 def _exporters():
     from walar_jax.models import hf_io
 
-    return [hf_io._exporter(kind, d, stacked, np.dtype(dt)) for kind in ("copy", "linear")
-            for d in (1, 2, 3) for stacked in (False, True)
+    return [hf_io._exporter(hf_io.Rule("", "", kind, d), stacked, np.dtype(dt))
+            for kind in ("copy", "linear") for d in (1, 2, 3) for stacked in (False, True)
             for dt in (np.float32, "bfloat16")]
 
 

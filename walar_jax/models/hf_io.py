@@ -9,6 +9,7 @@ time into their place in the stacked parameter, on the devices that hold it);
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -22,7 +23,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from walar_jax.models import safetensors_io
-from walar_jax.models.hf_table import Slot
+from walar_jax.models.hf_table import Rule, Slot
 from walar_jax.models.registry import family, read_config, resolve_checkpoint
 from walar_jax.models.shardings import abstract_model, flat_params, log_model, shardings_for
 from walar_jax.models.transformer import Transformer
@@ -177,8 +178,9 @@ def gather(x: jax.Array) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _exporter(kind: str, in_dims: int, stacked: bool, out_dtype: np.dtype):
-    """One jitted program per kind of tensor: (a layer of) a parameter, cast to the output
+def _exporter(layout: Rule, stacked: bool, out_dtype: np.dtype):
+    """One jitted program per layout (a Rule without names, so that rules of the same
+    kind share it): (a layer of) a parameter, cast to the output
     dtype and laid out as HF stores it, on the devices. The layer is a traced argument, so
     the programs compile once per parameter shape (not once per layer) and stay cached for
     every later export or weight sync; the host receives finished bytes (half of them for
@@ -188,10 +190,7 @@ def _exporter(kind: str, in_dims: int, stacked: bool, out_dtype: np.dtype):
     def export(x, layer):
         if stacked:
             x = jax.lax.dynamic_index_in_dim(x, layer, keepdims=False)
-        x = x.astype(out_dtype)
-        if kind == "linear":
-            x = x.reshape(int(np.prod(x.shape[:in_dims])), -1).T
-        return x
+        return layout.to_hf(x.astype(out_dtype))
 
     return jax.jit(export)
 
@@ -201,8 +200,8 @@ def hf_tensors(model: Transformer, dtype=None) -> Iterator[tuple[str, np.ndarray
     each sliced, cast and transposed on the devices (`_exporter`), then gathered."""
     params, out_dtype = flat_params(model), _out_dtype(model, dtype)
     for name, slot in export_plan(model):
-        stacked = slot.layer is not None
-        fn = _exporter(slot.rule.kind, slot.rule.in_dims, stacked, out_dtype)
+        layout = dataclasses.replace(slot.rule, hf="", jax="")
+        fn = _exporter(layout, slot.layer is not None, out_dtype)
         yield name, gather(fn(params[slot.path][...], np.int32(slot.layer or 0)))
 
 

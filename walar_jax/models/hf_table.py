@@ -36,11 +36,13 @@ class Rule:
             return tuple(shape)
         return (math.prod(shape[self.in_dims :]), math.prod(shape[: self.in_dims]))
 
-    def to_hf(self, x: np.ndarray) -> np.ndarray:
+    def to_hf(self, x):
+        """The JAX layout -> HF's, on a NumPy or a JAX array (hf_io's exporter runs it
+        inside jit, whose output is laid out contiguously)."""
         if self.kind == "copy":
             return x
         n_in = math.prod(x.shape[: self.in_dims])
-        return np.ascontiguousarray(x.reshape(n_in, -1).T)
+        return x.reshape(n_in, -1).T
 
 
 def _pattern(template: str) -> re.Pattern:

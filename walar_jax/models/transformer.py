@@ -23,7 +23,7 @@ from flax import nnx
 from walar_jax.models.attention import causal_segment_mask, check_implementation
 from walar_jax.models.config import ModelConfig
 from walar_jax.models.fused_scan import scan_accumulating
-from walar_jax.models.layers import MLP, Attention, RMSNorm, rope_inv_freq
+from walar_jax.models.layers import MLP, Attention, RMSNorm, dense, rope_inv_freq
 from walar_jax.sharding import constrain
 
 # model.remat: what the backward pass may keep of each block's forward instead of
@@ -237,8 +237,7 @@ def chunked_logprobs(h, unembed, targets, *, chunk: int, with_entropy: bool,
 
     def one(args):
         hx, tx = args
-        # one 2-D matmul over the flattened rows (layers.dense says why)
-        logits = (hx.reshape(-1, D) @ unembed.T).reshape(*hx.shape[:2], -1)
+        logits = dense(hx, unembed.T)  # flattened rows: layers.dense says why
         logits = constrain(logits.astype(jnp.float32), "logits_batch", "length", "vocab")
         lse = jax.nn.logsumexp(logits, axis=-1)
         # a masked sum, not a gather: its backward is elementwise and fuses with the
