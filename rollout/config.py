@@ -71,8 +71,16 @@ def kv_cache_bytes(cfg: EngineConfig, device: str) -> int | None:
 
 
 def vllm_kwargs(cfg: EngineConfig, device: str) -> dict:
-    """Keyword arguments of `vllm.LLM` / `EngineArgs` for `cfg` on `device`."""
-    return dict(
+    """Keyword arguments of `vllm.LLM` / `EngineArgs` for `cfg` on `device`.
+
+    On CPU, chunked prefill is off: when a step's token budget splits a prompt, vLLM
+    discards the token sampled for the unfinished part and rewinds that request's
+    generator, and a seeded request's generator on CPU cannot rewind ("CPU Generator
+    does not use offset"), so every seeded batch larger than the budget (4096 tokens,
+    e.g. 32 prompts of 64 tokens x 8 samples) failed. Without chunking a prompt waits
+    for a step with room for all of it (vLLM then raises the budget to max_model_len).
+    """
+    kwargs = dict(
         model=cfg.model, dtype=cfg.dtype,
         max_model_len=cfg.max_model_len or -1,  # -1: vLLM's "from the model, auto-fit"
         kv_cache_memory_bytes=kv_cache_bytes(cfg, device),
@@ -82,6 +90,9 @@ def vllm_kwargs(cfg: EngineConfig, device: str) -> dict:
         enforce_eager=cfg.enforce_eager, max_num_seqs=cfg.max_num_seqs,
         enable_sleep_mode=cfg.enable_sleep_mode,
     )
+    if device == "cpu":
+        kwargs["enable_chunked_prefill"] = False
+    return kwargs
 
 
 def one_line(err: BaseException) -> str:

