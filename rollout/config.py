@@ -19,6 +19,7 @@ import re
 
 DEFAULT_CPU_KV_CACHE_GIB = 1.0
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+CHUNKED_PREFILL = ("auto", "on", "off")
 GiB = 1 << 30
 
 
@@ -44,6 +45,8 @@ class EngineConfig:
     # "reload": vLLM's generic in-place reload (slower; kept to compare and fall back).
     weight_install: str = "direct"
     delta_sync: bool = False            # keep a copy of the live weights for deltas
+    # "auto": off on CPU (see vllm_kwargs), vLLM's default elsewhere; "on" | "off"
+    chunked_prefill: str = "auto"
 
 
 def check_flags(cfg: EngineConfig) -> None:
@@ -57,6 +60,7 @@ def check_flags(cfg: EngineConfig) -> None:
         ("max_num_seqs", cfg.max_num_seqs >= 1, ">= 1"),
         ("weights_version", cfg.weights_version >= 0, ">= 0"),
         ("weight_install", cfg.weight_install in ("direct", "reload"), "direct or reload"),
+        ("chunked_prefill", cfg.chunked_prefill in CHUNKED_PREFILL, "auto, on or off"),
     ]
     for flag, ok, want in rules:
         if not ok:
@@ -73,12 +77,13 @@ def kv_cache_bytes(cfg: EngineConfig, device: str) -> int | None:
 def vllm_kwargs(cfg: EngineConfig, device: str) -> dict:
     """Keyword arguments of `vllm.LLM` / `EngineArgs` for `cfg` on `device`.
 
-    On CPU, chunked prefill is off: when a step's token budget splits a prompt, vLLM
-    discards the token sampled for the unfinished part and rewinds that request's
+    `chunked_prefill` "auto" is off on CPU: when a step's token budget splits a prompt,
+    vLLM discards the token sampled for the unfinished part and rewinds that request's
     generator, and a seeded request's generator on CPU cannot rewind ("CPU Generator
     does not use offset"), so every seeded batch larger than the budget (4096 tokens,
-    e.g. 32 prompts of 64 tokens x 8 samples) failed. Without chunking a prompt waits
-    for a step with room for all of it (vLLM then raises the budget to max_model_len).
+    e.g. 32 prompts of 64 tokens x 8 samples) failed and left vLLM unable to serve.
+    Without chunking a prompt waits for a step with room for all of it (vLLM then
+    raises the budget to max_model_len). Elsewhere "auto" keeps vLLM's default.
     """
     kwargs = dict(
         model=cfg.model, dtype=cfg.dtype,
@@ -90,8 +95,8 @@ def vllm_kwargs(cfg: EngineConfig, device: str) -> dict:
         enforce_eager=cfg.enforce_eager, max_num_seqs=cfg.max_num_seqs,
         enable_sleep_mode=cfg.enable_sleep_mode,
     )
-    if device == "cpu":
-        kwargs["enable_chunked_prefill"] = False
+    if cfg.chunked_prefill != "auto" or device == "cpu":
+        kwargs["enable_chunked_prefill"] = cfg.chunked_prefill == "on"
     return kwargs
 
 

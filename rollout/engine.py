@@ -49,6 +49,12 @@ class EngineBroken(RuntimeError):
     """An install failed midway; generation is refused until an update succeeds."""
 
 
+class EngineDead(RuntimeError):
+    """vLLM failed mid-generation and kept the failed requests: it would never serve
+    again (a later Generate hangs). Every call, Info included, then fails (INTERNAL),
+    so a health check sees it and a supervisor restarts the sidecar."""
+
+
 class Asleep(RuntimeError):
     """Generate or UpdateWeights while the engine sleeps (maps to FAILED_PRECONDITION)."""
 
@@ -164,6 +170,7 @@ class Engine:
         self.digest = W.checkpoint_digest(self.model_dir)
         self.version = cfg.weights_version
         self.broken: str | None = None
+        self.dead: str | None = None  # set once vLLM cannot serve again (EngineDead)
         self.sleep_level = 0  # 0: awake; else the level of the Sleep that put it to sleep
         self.shadow = W.Shadow() if cfg.delta_sync else None
         # Set when the parameters lost their values outside an update (e.g. a sleep that
@@ -261,8 +268,15 @@ class Engine:
                 outs = self.llm.generate(
                     [{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False
                 )
-            except bad_input as err:  # vLLM's checks at admission
-                raise RequestError(str(err)) from err
+            except Exception as err:
+                stuck = self._unfinished()
+                if isinstance(err, bad_input) and not stuck:  # vLLM's checks at admission
+                    raise RequestError(str(err)) from err
+                self.dead = (f"vLLM failed while generating ({type(err).__name__}: "
+                             f"{one_line(err)}) and kept {stuck} unfinished requests; it "
+                             "cannot serve again: restart the sidecar")
+                log.error("%s", self.dead)
+                raise EngineDead(self.dead) from err
             version = self.version
         return [[_completion(c) for c in o.outputs] for o in outs], version
 
@@ -391,7 +405,18 @@ class Engine:
 
     # ---- sleep mode ----------------------------------------------------------------
 
+    def _unfinished(self) -> int:
+        """Requests vLLM still holds (0 after every call that returned or was refused
+        at admission, which aborts what it had added)."""
+        engine = getattr(self.llm, "llm_engine", None)
+        return int(engine.get_num_unfinished_requests()) if engine is not None else 0
+
+    def check_alive(self) -> None:
+        if self.dead:
+            raise EngineDead(self.dead)
+
     def _check_awake(self, what: str) -> None:
+        self.check_alive()
         # A sleeping vLLM queues requests without running them (a Generate would hang)
         # and its weights' device memory is gone (an install would write into nothing).
         if self.sleep_level:
@@ -407,6 +432,7 @@ class Engine:
                                "--enable_sleep_mode")
         if level not in SLEEP_LEVELS:
             raise RequestError(f"sleep level must be one of {SLEEP_LEVELS}, got {level}")
+        self.check_alive()
         t0 = time.perf_counter()
         with self.lock:
             if self.sleep_level:
@@ -423,6 +449,7 @@ class Engine:
         if not self.cfg.enable_sleep_mode:
             raise SleepModeOff("WakeUp refused: the sidecar was started without "
                                "--enable_sleep_mode")
+        self.check_alive()
         t0 = time.perf_counter()
         with self.lock:
             if not self.sleep_level:

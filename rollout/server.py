@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delta_sync", action=argparse.BooleanOptionalAction,
                    default=D.delta_sync,
                    help="accept delta updates (keeps one more copy of the weights in /dev/shm)")
+    p.add_argument("--chunked_prefill", default=D.chunked_prefill,
+                   help="auto (default): off on CPU, where vLLM cannot rewind a seeded "
+                        "request's generator after splitting its prompt; vLLM's default "
+                        "elsewhere | on | off")
     service.add_server_flags(p)
     return p.parse_args(argv)
 

