@@ -280,6 +280,15 @@ class Engine:
             version = self.version
         return [[_completion(c) for c in o.outputs] for o in outs], version
 
+    def _unfinished(self) -> int:
+        """Requests vLLM still holds (0 after every call that returned or was refused
+        at admission, which aborts what it had added)."""
+        return int(self.llm.llm_engine.get_num_unfinished_requests())
+
+    def check_alive(self) -> None:
+        if self.dead:
+            raise EngineDead(self.dead)
+
     # ---- weights -----------------------------------------------------------------
 
     def install(self, path: str, specs: list[seg.Spec], version: int | None,
@@ -404,16 +413,6 @@ class Engine:
 
 
     # ---- sleep mode ----------------------------------------------------------------
-
-    def _unfinished(self) -> int:
-        """Requests vLLM still holds (0 after every call that returned or was refused
-        at admission, which aborts what it had added)."""
-        engine = getattr(self.llm, "llm_engine", None)
-        return int(engine.get_num_unfinished_requests()) if engine is not None else 0
-
-    def check_alive(self) -> None:
-        if self.dead:
-            raise EngineDead(self.dead)
 
     def _check_awake(self, what: str) -> None:
         self.check_alive()
